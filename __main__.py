@@ -1,0 +1,112 @@
+"""PostgreSQL environment of the customer insights platform.
+
+Read and validate the config, compose the four components, export connection details.
+"""
+
+from pathlib import Path
+
+import pulumi
+import pulumi_random as random
+
+from infra import config as stack_config
+from infra.components.database import AdminConnection, DatabaseAndRoles, DatabaseAndRolesArgs, connection_url
+from infra.components.migrations import Migrations, MigrationsArgs
+from infra.components.scheduled_job import ScheduledJobArgs, TokenCleanupJob
+from infra.components.server import PostgresServer, PostgresServerArgs
+from infra.preflight import check_external_server
+
+pulumi_config = pulumi.Config()
+cfg = stack_config.load(pulumi_config, namespace=pulumi.get_project())
+
+if isinstance(cfg.server, stack_config.ExternalServer):
+    admin_password = pulumi_config.require_secret(cfg.server.admin_password_key)
+    facts = check_external_server(
+        host=cfg.server.host, port=cfg.server.port, user=cfg.server.admin_user,
+        password=pulumi_config.require(cfg.server.admin_password_key),
+        dbname=cfg.server.admin_database, sslmode=cfg.server.sslmode,
+    )
+    cron_database = facts.cron_database
+    admin = AdminConnection(
+        host=cfg.server.host, port=cfg.server.port, username=cfg.server.admin_user, password=admin_password,
+        sslmode=cfg.server.sslmode, database=cfg.server.admin_database, superuser=cfg.server.superuser,
+    )
+else:
+    superuser_password = random.RandomPassword("superuser-password", length=cfg.password_length, special=False)
+    cron_database = cfg.database
+    server = PostgresServer(
+        "postgres",
+        PostgresServerArgs(
+            image=cfg.server.image, host_port=cfg.server.host_port, bind_address=cfg.server.bind_address,
+            superuser=cfg.server.superuser, superuser_password=superuser_password.result,
+            cron_database=cfg.database,
+        ),
+    )
+    admin = AdminConnection(
+        host=server.host, port=server.port, username=cfg.server.superuser, password=superuser_password.result,
+        sslmode="disable", database="postgres", superuser=True,
+    )
+
+db = DatabaseAndRoles(
+    "app-db",
+    DatabaseAndRolesArgs(admin=admin, database=cfg.database, roles=cfg.roles, password_length=cfg.password_length),
+)
+owner = db.credentials["owner"]
+
+migrations = Migrations(
+    "schema",
+    MigrationsArgs(
+        directory=str(Path(__file__).resolve().parent / cfg.migrations.directory),
+        connection={
+            "host": admin.host, "port": admin.port, "dbname": db.database.name,
+            "user": owner.username, "password": owner.password, "sslmode": admin.sslmode,
+        },
+        accept_checksums=cfg.migrations.accept_checksums,
+        keep_data_on_destroy=cfg.migrations.keep_data_on_destroy,
+    ),
+    opts=pulumi.ResourceOptions(depends_on=[db]),
+)
+
+cleanup = TokenCleanupJob(
+    "token-cleanup",
+    ScheduledJobArgs(
+        provider=db.provider,
+        admin_connection={
+            "host": admin.host, "port": admin.port, "dbname": cron_database,
+            "user": admin.username, "password": admin.password, "sslmode": admin.sslmode,
+        },
+        cron_database=cron_database,
+        database=db.database.name,
+        run_as=db.roles["cleanup"].name,
+        job_name=cfg.cleanup_job.name,
+        schedule=cfg.cleanup_job.schedule,
+        enabled=cfg.cleanup_job.enabled,
+        batch_size=cfg.cleanup_job.batch_size,
+        after=[migrations],
+    ),
+)
+
+app = db.credentials["app"]
+pulumi.export("mode", cfg.mode)
+pulumi.export("host", admin.host)
+pulumi.export("port", admin.port)
+pulumi.export("database", db.database.name)
+pulumi.export("roles", {purpose: c.username for purpose, c in db.credentials.items()})
+pulumi.export(
+    "connection_urls",
+    {purpose: connection_url(admin.host, admin.port, db.database.name, c.username, c.password)
+     for purpose, c in db.credentials.items()},
+)
+pulumi.export(
+    "env",
+    pulumi.Output.secret(
+        pulumi.Output.all(admin.host, admin.port, db.database.name, app.password,
+                          connection_url(admin.host, admin.port, db.database.name, app.username, app.password))
+        .apply(lambda v: {
+            "POSTGRES_HOST": str(v[0]), "POSTGRES_PORT": str(v[1]), "POSTGRES_DB": str(v[2]),
+            "POSTGRES_USER": app.username, "POSTGRES_PASSWORD": str(v[3]), "DATABASE_URL": str(v[4]),
+        })
+    ),
+)
+pulumi.export("migrations", migrations.versions)
+pulumi.export("cleanup_job", {"name": cfg.cleanup_job.name, "schedule": cfg.cleanup_job.schedule,
+                              "job_id": cleanup.job.job_id})

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Sets up everything this project needs on a fresh machine, offline, idempotently:
+#   1. Debian packages (PostgreSQL 15 + pg_cron for tests and external mode, build tools)
+#   2. the Python virtualenv (.venv) with requirements-dev.txt
+#   3. the Pulumi toolchain built from its Go modules (bootstrap/pulumi-toolchain.sh)
+#   4. a running Docker engine (bootstrap/docker-engine.sh)
+#   5. the local PostgreSQL + pg_cron image (bootstrap/postgres-image/build.sh)
+# Each step caches its result (stamp files keyed by inputs, binaries keyed by version), so a
+# second run takes seconds. `source bootstrap/env.sh` afterwards puts the toolchain on PATH.
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_DIR"
+
+step "Debian packages"
+packages=(postgresql-15 postgresql-15-cron mmdebstrap curl ca-certificates)
+missing=()
+for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  info "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts a cluster on install; the tests run their own servers.
+  command -v pg_ctlcluster >/dev/null && pg_ctlcluster 15 main stop 2>/dev/null || true
+else
+  info "cached: ${packages[*]}"
+fi
+
+step "Python virtualenv (.venv)"
+stamp=".venv/.requirements-$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ]; then
+  info "cached: $stamp"
+else
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+  rm -f .venv/.requirements-*; touch "$stamp"
+  info "installed requirements-dev.txt"
+fi
+
+step "Pulumi toolchain"
+bash "$BOOTSTRAP_DIR/pulumi-toolchain.sh"
+
+step "Docker engine"
+bash "$BOOTSTRAP_DIR/docker-engine.sh"
+
+step "PostgreSQL + pg_cron image"
+bash "$BOOTSTRAP_DIR/postgres-image/build.sh"
+
+step "Summary"
+while IFS=$'\t' read -r component state detail; do
+  printf '    %-22s %-8s %s\n' "$component" "$state" "$([ "$state" = ok ] && printf '%s' "$detail" || printf 'see README, "Blocked here"')"
+done <"$STATUS_FILE"
+info "done in $(( $(date +%s) - _t0 ))s"

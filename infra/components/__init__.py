@@ -1,0 +1,1 @@
+"""One ComponentResource per concern: server, database and roles, migrations, scheduled job."""

@@ -1,0 +1,274 @@
+"""The stack's configuration: read once, typed, and validated before any resource is declared.
+
+Every problem is reported at once, each naming the config key and the fix, so a bad value fails
+`pulumi preview` before anything changes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from croniter import croniter
+
+IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+VERSION = re.compile(r"^[0-9]{3,}$")
+MIN_PASSWORD_LENGTH = 20
+MAX_PASSWORD_LENGTH = 128
+MODES = ("container", "external")
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+class ConfigError(ValueError):
+    """One or more invalid config values; the message lists each key, its problem and the fix."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__(
+            "Invalid stack configuration (nothing was changed):\n"
+            + "\n".join(f"  - {p}" for p in self.problems)
+        )
+
+
+class ConfigSource(Protocol):
+    """What `pulumi.Config` offers; a plain dict-backed source is used by tests and tooling."""
+
+    def get(self, key: str) -> str | None: ...
+    def get_object(self, key: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class RoleNames:
+    owner: str  # owns the database and the schema; runs the migrations
+    app: str  # the application: reads and writes data, no DDL
+    readonly: str  # analysts
+    cleanup: str  # the token-cleanup job
+
+    def all(self) -> tuple[str, ...]:
+        return (self.owner, self.app, self.readonly, self.cleanup)
+
+
+@dataclass(frozen=True)
+class ContainerServer:
+    image: str
+    host_port: int
+    bind_address: str
+    superuser: str
+
+
+@dataclass(frozen=True)
+class ExternalServer:
+    host: str
+    port: int
+    admin_user: str
+    admin_password_key: str  # read as a secret by the program, never kept in this object
+    sslmode: str
+    admin_database: str
+    superuser: bool
+
+
+@dataclass(frozen=True)
+class CleanupJob:
+    name: str
+    schedule: str
+    enabled: bool
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Migrations:
+    directory: str
+    accept_checksums: frozenset[str]
+    keep_data_on_destroy: bool
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    mode: Literal["container", "external"]
+    database: str
+    roles: RoleNames
+    password_length: int
+    server: ContainerServer | ExternalServer
+    migrations: Migrations
+    cleanup_job: CleanupJob
+
+
+def validate_cron_schedule(schedule: str) -> str | None:
+    """None if pg_cron (1.4+) accepts `schedule`, else what is wrong with it."""
+    fields = schedule.split()
+    if len(fields) != 5:
+        return (
+            f"{schedule!r} has {len(fields)} fields; pg_cron takes the 5 standard cron fields "
+            "'minute hour day-of-month month day-of-week', e.g. '*/15 * * * *'"
+        )
+    if not croniter.is_valid(schedule):
+        return f"{schedule!r} is not a valid cron expression, e.g. '*/15 * * * *' or '0 3 * * *'"
+    return None
+
+
+class _Reader:
+    """Typed getters that collect problems instead of stopping at the first one."""
+
+    def __init__(self, source: ConfigSource, namespace: str) -> None:
+        self.source = source
+        self.namespace = namespace
+        self.problems: list[str] = []
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"{self.namespace}:{key}: {message}")
+
+    def text(self, key: str, default: str, check: Callable[[str], str | None] | None = None) -> str:
+        value = self.source.get(key)
+        value = default if value is None or value == "" else value
+        if check is not None and (message := check(value)):
+            self.problem(key, message)
+        return value
+
+    def integer(self, key: str, default: int, low: int, high: int, hint: str) -> int:
+        raw = self.source.get(key)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            self.problem(key, f"{raw!r} is not a whole number; {hint}")
+            return default
+        if not low <= value <= high:
+            self.problem(key, f"{value} is out of range; {hint}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        raw = self.source.get(key)
+        if raw is None or raw == "":
+            return default
+        if raw.lower() in ("true", "false"):
+            return raw.lower() == "true"
+        self.problem(key, f"{raw!r} is not a boolean; set it to true or false")
+        return default
+
+    def identifier(self, key: str, default: str) -> str:
+        return self.text(key, default, check=_identifier_problem)
+
+
+def _identifier_problem(value: str) -> str | None:
+    if IDENTIFIER.match(value):
+        return None
+    return (
+        f"{value!r} is not a plain PostgreSQL identifier; use 1-63 characters of lower-case "
+        "letters, digits and underscores, starting with a letter or underscore"
+    )
+
+
+def _address_problem(value: str) -> str | None:
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return f"{value!r} is not an IP address; use 127.0.0.1 (the default) to publish on loopback only"
+    if not address.is_loopback:
+        return (
+            f"{value} is not a loopback address: the database would be reachable from other hosts. "
+            "Use 127.0.0.1, or set exposeBeyondLoopback: true if that is really intended"
+        )
+    return None
+
+
+def load(source: ConfigSource, namespace: str) -> StackConfig:
+    """Read and validate the whole configuration; raise ConfigError listing every problem."""
+    r = _Reader(source, namespace)
+    port_hint = "use a TCP port between 1 and 65535"
+
+    mode = r.text(
+        "mode", "container",
+        check=lambda v: None if v in MODES else f"unknown mode {v!r}; use 'container' or 'external'",
+    )
+    database = r.identifier("databaseName", "customer_insights")
+    prefix = r.identifier("rolePrefix", "ci")
+    roles = RoleNames(
+        owner=f"{prefix}_owner", app=f"{prefix}_app", readonly=f"{prefix}_readonly", cleanup=f"{prefix}_token_cleanup"
+    )
+    for role in roles.all():
+        if len(role) > 63:
+            r.problem("rolePrefix", f"role name {role!r} is longer than 63 characters; use a shorter prefix")
+    password_length = r.integer(
+        "passwordLength", 32, MIN_PASSWORD_LENGTH, MAX_PASSWORD_LENGTH,
+        f"generated passwords need {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters",
+    )
+
+    server: ContainerServer | ExternalServer
+    if mode == "external":
+        host = r.text("externalHost", "")
+        if not host:
+            r.problem("externalHost", "required in external mode: the managed server's host name or address")
+        if source.get("externalAdminPassword") in (None, ""):
+            r.problem(
+                "externalAdminPassword",
+                "required in external mode: `pulumi config set --secret externalAdminPassword <password>`",
+            )
+        server = ExternalServer(
+            host=host,
+            port=r.integer("externalPort", 5432, 1, 65535, port_hint),
+            admin_user=r.text("externalAdminUser", "postgres"),
+            admin_password_key="externalAdminPassword",
+            sslmode=r.text(
+                "externalSslMode", "require",
+                check=lambda v: None if v in SSL_MODES else f"{v!r} is not a libpq sslmode; use one of {SSL_MODES}",
+            ),
+            admin_database=r.text("externalAdminDatabase", "postgres"),
+            superuser=r.boolean("externalAdminIsSuperuser", False),
+        )
+    else:
+        expose = r.boolean("exposeBeyondLoopback", False)
+        server = ContainerServer(
+            image=r.text("image", "customer-insights/postgres-cron:15"),
+            host_port=r.integer("hostPort", 55432, 1, 65535, port_hint),
+            bind_address=r.text("bindAddress", "127.0.0.1", check=None if expose else _address_problem),
+            superuser="postgres",
+        )
+
+    accept = source.get_object("acceptChecksums") or []
+    if not isinstance(accept, list) or not all(isinstance(v, str) and VERSION.match(v) for v in accept):
+        r.problem("acceptChecksums", f"{accept!r} must be a list of migration versions, e.g. [\"003\"]")
+        accept = []
+    migrations = Migrations(
+        directory=r.text("migrationsDir", "sql"),
+        accept_checksums=frozenset(accept),
+        keep_data_on_destroy=r.boolean("keepDataOnDestroy", False),
+    )
+
+    cleanup_job = CleanupJob(
+        name=r.text("cleanupJobName", f"{database}-delete-expired-refresh-tokens"),
+        schedule=r.text("cleanupSchedule", "*/15 * * * *", check=validate_cron_schedule),
+        enabled=r.boolean("cleanupEnabled", True),
+        batch_size=r.integer("cleanupBatchSize", 5000, 1, 1_000_000, "use 1 to 1000000 rows per batch"),
+    )
+
+    if r.problems:
+        raise ConfigError(r.problems)
+    return StackConfig(
+        mode="external" if mode == "external" else "container",
+        database=database,
+        roles=roles,
+        password_length=password_length,
+        server=server,
+        migrations=migrations,
+        cleanup_job=cleanup_job,
+    )
+
+
+class DictSource:
+    """A ConfigSource over a plain dict of config values (tests, tooling)."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+
+    def get(self, key: str) -> str | None:
+        value = self.values.get(key)
+        if value is None:
+            return None
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    def get_object(self, key: str) -> Any:
+        return self.values.get(key)

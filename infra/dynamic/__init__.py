@@ -1,0 +1,1 @@
+"""Pulumi dynamic providers of this program (small, picklable, no module-level clients)."""

@@ -1,0 +1,48 @@
+"""Shared base of this program's dynamic providers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import psycopg
+from pulumi.dynamic import DiffResult, ResourceProvider
+
+# Every dynamic resource stores its pickled provider under this key; a change of the provider's
+# code alone changes it, and must never count as a change of the resource.
+PROVIDER_KEY = "__provider"
+
+
+class DiffingProvider(ResourceProvider):
+    """A dynamic provider whose diff compares only the inputs that matter.
+
+    Subclasses list the inputs that force a replacement (`replace_keys`) and those the diff ignores
+    (`ignored_keys`, e.g. connection details that do not change what exists on the server).
+    """
+
+    replace_keys: ClassVar[frozenset[str]] = frozenset()
+    ignored_keys: ClassVar[frozenset[str]] = frozenset()
+
+    def changed_keys(self, olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[str]:
+        skip = {PROVIDER_KEY, *self.ignored_keys}
+        keys = (set(olds) | set(news)) - skip
+        return sorted(k for k in keys if olds.get(k) != news.get(k))
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        changed = self.changed_keys(olds, news)
+        replaces = [k for k in changed if k in self.replace_keys]
+        return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
+
+
+def conninfo(props: Mapping[str, Any], *, application_name: str) -> str:
+    """A libpq connection string from the connection inputs every provider here takes."""
+    return psycopg.conninfo.make_conninfo(
+        host=props["host"],
+        port=int(props["port"]),
+        dbname=props["dbname"],
+        user=props["user"],
+        password=props["password"],
+        sslmode=props.get("sslmode") or "prefer",
+        connect_timeout=15,
+        application_name=application_name,
+    )

@@ -1,0 +1,102 @@
+"""A pg_cron job as a Pulumi resource: created, altered in place and unscheduled with the stack."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import psycopg
+import pulumi
+from pulumi.dynamic import CreateResult, ReadResult, Resource, UpdateResult
+
+from infra.dynamic.base import DiffingProvider, conninfo
+
+APPLICATION_NAME = "pulumi-cron-job"
+
+
+def _connect(props: dict[str, Any]) -> psycopg.Connection[Any]:
+    return psycopg.connect(conninfo(props, application_name=APPLICATION_NAME), autocommit=True)
+
+
+class CronJobProvider(DiffingProvider):
+    # pg_cron identifies a job by its id; a new name is a new job. Everything else is altered in
+    # place with cron.alter_job.
+    replace_keys: ClassVar[frozenset[str]] = frozenset({"job_name"})
+    ignored_keys: ClassVar[frozenset[str]] = frozenset(
+        {"host", "port", "dbname", "user", "password", "sslmode", "job_id"}
+    )
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        with _connect(props) as conn:
+            row = conn.execute(
+                "SELECT cron.schedule_in_database(%s, %s, %s, %s, %s, %s)",
+                (props["job_name"], props["schedule"], props["command"], props["database"],
+                 props["run_as"], props["active"]),
+            ).fetchone()
+        assert row is not None
+        pulumi.log.info(f"cron job {props['job_name']!r} scheduled as job {row[0]} ({props['schedule']})")
+        return CreateResult(id_=str(row[0]), outs={**props, "job_id": int(row[0])})
+
+    def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        with _connect(news) as conn:
+            conn.execute(
+                "SELECT cron.alter_job(%s, schedule => %s, command => %s, database => %s,"
+                " username => %s, active => %s)",
+                (int(id_), news["schedule"], news["command"], news["database"], news["run_as"], news["active"]),
+            )
+        return UpdateResult(outs={**news, "job_id": int(id_)})
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        with _connect(props) as conn:
+            exists = conn.execute("SELECT 1 FROM cron.job WHERE jobid = %s", (int(id_),)).fetchone()
+            if exists:
+                conn.execute("SELECT cron.unschedule(%s::bigint)", (int(id_),))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        with _connect(props) as conn:
+            row = conn.execute(
+                "SELECT schedule, command, database, username, active FROM cron.job WHERE jobid = %s",
+                (int(id_),),
+            ).fetchone()
+        if row is None:
+            return ReadResult(id_="", outs={})
+        schedule, command, database, run_as, active = row
+        return ReadResult(
+            id_=id_,
+            outs={**props, "schedule": schedule, "command": command, "database": database,
+                  "run_as": run_as, "active": active},
+        )
+
+
+class CronJob(Resource):
+    """A job in pg_cron's `cron.job`, run by `run_as` in `database` on `schedule`."""
+
+    job_id: pulumi.Output[int]
+    job_name: pulumi.Output[str]
+    schedule: pulumi.Output[str]
+
+    def __init__(
+        self,
+        resource_name: str,
+        *,
+        connection: dict[str, pulumi.Input[Any]],
+        job_name: pulumi.Input[str],
+        schedule: pulumi.Input[str],
+        command: pulumi.Input[str],
+        database: pulumi.Input[str],
+        run_as: pulumi.Input[str],
+        active: pulumi.Input[bool],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        props: dict[str, Any] = {
+            **connection,
+            "password": pulumi.Output.secret(connection["password"]),
+            "job_name": job_name,
+            "schedule": schedule,
+            "command": command,
+            "database": database,
+            "run_as": run_as,
+            "active": active,
+            "job_id": None,
+        }
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["password"]))
+        super().__init__(CronJobProvider(), resource_name, props, opts)

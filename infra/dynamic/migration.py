@@ -1,0 +1,138 @@
+"""One SQL migration file as a Pulumi resource.
+
+The resource's inputs carry the whole file (up and down SQL), so `pulumi destroy` can run the down
+script even after the file has left the repository, and `pulumi preview` can tell an edited file
+(a different checksum in the state) from a new one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pulumi
+from pulumi.dynamic import CreateResult, DiffResult, ReadResult, Resource, UpdateResult
+
+from infra.dynamic.base import DiffingProvider, conninfo
+from infra.migrate import ChecksumMismatchError, MigrationFile, Migrator
+
+APPLICATION_NAME = "pulumi-migrations"
+CONNECTION_KEYS = frozenset({"host", "port", "dbname", "user", "password", "sslmode"})
+
+
+def _migration(props: dict[str, Any]) -> MigrationFile:
+    return MigrationFile(
+        version=props["version"],
+        name=props["name"],
+        filename=props["filename"],
+        up_sql=props["up_sql"],
+        down_sql=props.get("down_sql"),
+        checksum=props["checksum"],
+        transactional=bool(props["transactional"]),
+    )
+
+
+def _migrator(props: dict[str, Any]) -> Migrator:
+    return Migrator(conninfo(props, application_name=APPLICATION_NAME), log=pulumi.log.info)
+
+
+def _outs(props: dict[str, Any], record: Any, adopted: bool) -> dict[str, Any]:
+    return {
+        **props,
+        "applied_at": record.applied_at.isoformat(),
+        "duration_ms": record.duration_ms,
+        "applied_by": record.applied_by,
+        "adopted": adopted,
+    }
+
+
+class MigrationProvider(DiffingProvider):
+    # A file's identity is its version and name; connection details and the keep-data switch
+    # change nothing on the server.
+    replace_keys: ClassVar[frozenset[str]] = frozenset({"version", "name", "filename"})
+    ignored_keys: ClassVar[frozenset[str]] = CONNECTION_KEYS | frozenset(
+        {"accept_checksum", "applied_at", "duration_ms", "applied_by", "adopted"}
+    )
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        if olds.get("checksum") != news.get("checksum") and not news.get("accept_checksum"):
+            raise ChecksumMismatchError(
+                filename=news["filename"],
+                version=news["version"],
+                recorded=olds.get("checksum", "?"),
+                current=news["checksum"],
+            )
+        return super().diff(_id, olds, news)
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        record, adopted = _migrator(props).apply(_migration(props))
+        return CreateResult(id_=props["version"], outs=_outs(props, record, adopted))
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        migration = _migration(news)
+        migrator = _migrator(news)
+        if olds.get("checksum") != news["checksum"]:
+            # Only reachable with accept_checksum (see diff): a repair, nothing is re-run.
+            record = migrator.repair(migration)
+            return UpdateResult(outs=_outs(news, record, adopted=True))
+        record = migrator.check(migration)
+        if record is None:
+            raise RuntimeError(
+                f"{migration.filename} is in the Pulumi state but not in the tracking table: "
+                "run `pulumi refresh` so the next `pulumi up` applies it again"
+            )
+        return UpdateResult(outs=_outs(news, record, adopted=bool(olds.get("adopted"))))
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        if props.get("keep_on_destroy"):
+            pulumi.log.info(f"{props['filename']}: kept (migrations:keepDataOnDestroy is true)")
+            return
+        _migrator(props).revert(_migration(props))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        """`pulumi refresh`: a migration reverted outside Pulumi disappears from the state."""
+        applied = _migrator(props).applied().get(props["version"])
+        if applied is None:
+            return ReadResult(id_="", outs={})
+        return ReadResult(id_=id_, outs={**props, "checksum": applied.checksum})
+
+
+class Migration(Resource):
+    """A migration file applied to a database by its owner role."""
+
+    version: pulumi.Output[str]
+    filename: pulumi.Output[str]
+    checksum: pulumi.Output[str]
+    applied_at: pulumi.Output[str]
+    duration_ms: pulumi.Output[int]
+    applied_by: pulumi.Output[str]
+    adopted: pulumi.Output[bool]
+
+    def __init__(
+        self,
+        resource_name: str,
+        *,
+        migration: MigrationFile,
+        connection: dict[str, pulumi.Input[Any]],
+        accept_checksum: bool,
+        keep_on_destroy: bool,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        props: dict[str, Any] = {
+            **connection,
+            "password": pulumi.Output.secret(connection["password"]),
+            "version": migration.version,
+            "name": migration.name,
+            "filename": migration.filename,
+            "checksum": migration.checksum,
+            "up_sql": migration.up_sql,
+            "down_sql": migration.down_sql,
+            "transactional": migration.transactional,
+            "accept_checksum": accept_checksum,
+            "keep_on_destroy": keep_on_destroy,
+            "applied_at": None,
+            "duration_ms": None,
+            "applied_by": None,
+            "adopted": None,
+        }
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["password"]))
+        super().__init__(MigrationProvider(), resource_name, props, opts)

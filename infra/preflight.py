@@ -1,0 +1,60 @@
+"""Checks of an existing (managed) server, run by the program before it declares any resource.
+
+They make `pulumi preview` fail with a precise message, and `pulumi up` stop before it creates
+anything, when the server cannot host this stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+
+MIN_SERVER_VERSION = 130000  # gen_random_uuid() is built in from PostgreSQL 13
+
+
+class PreflightError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    version: str
+    cron_database: str
+
+
+def check_external_server(
+    *, host: str, port: int, user: str, password: str, dbname: str, sslmode: str
+) -> ServerFacts:
+    where = f"{user}@{host}:{port}/{dbname}"
+    try:
+        conn = psycopg.connect(
+            host=host, port=port, user=user, password=password, dbname=dbname, sslmode=sslmode,
+            connect_timeout=15, application_name="pulumi-preflight", autocommit=True,
+        )
+    except psycopg.OperationalError as exc:
+        raise PreflightError(
+            f"Cannot connect to the external server as {where}: {str(exc).strip()}\n"
+            "Check externalHost/externalPort/externalAdminUser/externalAdminPassword/externalSslMode."
+        ) from exc
+    with conn:
+        version_num = int(conn.execute("SHOW server_version_num").fetchone()[0])  # type: ignore[index]
+        version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+        if version_num < MIN_SERVER_VERSION:
+            raise PreflightError(f"{where} runs PostgreSQL {version}; this stack needs 13 or later.")
+        available = conn.execute(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron'"
+        ).fetchone()
+        preload = str(conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()[0])  # type: ignore[index]
+        cron_database = conn.execute("SELECT current_setting('cron.database_name', true)").fetchone()[0]  # type: ignore[index]
+    if not available or "pg_cron" not in [lib.strip() for lib in preload.split(",")]:
+        raise PreflightError(
+            f"pg_cron is not enabled on {host}:{port} (shared_preload_libraries = {preload!r}); the token "
+            "cleanup job needs it. Enable it, restart the server, then run `pulumi preview` again:\n"
+            "  - self-managed: shared_preload_libraries = 'pg_cron' and cron.database_name in postgresql.conf\n"
+            "  - Amazon RDS/Aurora: add pg_cron to shared_preload_libraries in the DB parameter group\n"
+            "  - Cloud SQL: set the database flag cloudsql.enable_pg_cron=on\n"
+            "  - Azure Flexible Server: allow-list pg_cron (azure.extensions) and add it to shared_preload_libraries\n"
+            "Nothing was created."
+        )
+    return ServerFacts(version=version, cron_database=str(cron_database or "postgres"))

@@ -1,0 +1,131 @@
+"""The real Pulumi engine through the Automation API: a file backend in a temporary directory and a
+fresh stack per test, running inline programs (Pulumi's Python SDK serves them to the engine)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from pulumi import automation as auto
+
+from scripts.stack import workspace_env
+from tests.support.local_postgres import ServerAddress
+
+REPO = Path(__file__).resolve().parents[2]
+PROJECT = "customer-insights-e2e"
+PASSPHRASE = "e2e-test-passphrase"
+
+
+def _versions() -> dict[str, str]:
+    values = {}
+    for line in (REPO / "bootstrap" / "versions.env").read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
+    return values
+
+
+def pulumi_bin_dir() -> Path:
+    cache = os.environ.get("CUSTOMER_INSIGHTS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "customer-insights-pg"
+    )
+    return Path(cache) / f"pulumi-v{_versions()['PULUMI_CLI_VERSION']}" / "bin"
+
+
+def installed_plugins(cli: auto.PulumiCommand) -> set[str]:
+    result = subprocess.run([cli.command, "plugin", "ls"], capture_output=True, text=True, check=False)
+    return {line.split()[0] for line in result.stdout.splitlines()[1:] if line.strip()}
+
+
+@pytest.fixture(scope="session")
+def pulumi_cli() -> auto.PulumiCommand:
+    """The CLI the bootstrap built. Missing CLI is a failure, not a skip: CI bootstraps first."""
+    bin_dir = pulumi_bin_dir()
+    if not (bin_dir / "pulumi").exists() or not (bin_dir / "pulumi-resource-pulumi-python").exists():
+        pytest.fail(f"No Pulumi CLI in {bin_dir}: run `bash bootstrap/bootstrap.sh` first", pytrace=False)
+    os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    return auto.PulumiCommand(root=str(bin_dir.parent), skip_version_check=True)
+
+
+class StackFactory:
+    """Creates stacks of inline programs in one temporary file backend and destroys them after."""
+
+    def __init__(self, cli: auto.PulumiCommand, backend: Path) -> None:
+        self.cli = cli
+        self.backend = backend
+        self.stacks: list[auto.Stack] = []
+
+    def __call__(self, program: Callable[[], None], config: dict[str, auto.ConfigValue] | None = None,
+                 project: str = PROJECT) -> auto.Stack:
+        env = workspace_env(f"file://{self.backend}")
+        env["PULUMI_CONFIG_PASSPHRASE"] = PASSPHRASE
+        opts = auto.LocalWorkspaceOptions(
+            env_vars=env,
+            pulumi_command=self.cli,
+            project_settings=auto.ProjectSettings(name=project, runtime="python",
+                                                  backend=auto.ProjectBackend(url=f"file://{self.backend}")),
+        )
+        stack = auto.create_stack(f"t{uuid.uuid4().hex[:10]}", project_name=project, program=program, opts=opts)
+        if config:
+            stack.set_all_config(config)
+        self.stacks.append(stack)
+        return stack
+
+
+@pytest.fixture
+def new_stack(pulumi_cli: auto.PulumiCommand, tmp_path: Path) -> Iterator[StackFactory]:
+    backend = tmp_path / "state"
+    backend.mkdir()
+    factory = StackFactory(pulumi_cli, backend)
+    yield factory
+    for stack in factory.stacks:
+        try:
+            stack.destroy(color="never")
+        except auto.errors.CommandError as exc:
+            print(f"cleanup: destroy of {stack.name} failed: {exc}", file=sys.stderr)
+        stack.workspace.remove_stack(stack.name, force=True)
+
+
+def assert_not_in_state(backend: Path, *secrets: str) -> None:
+    """No file of the backend (state, history, backups) holds any of `secrets` in plaintext."""
+    files = [p for p in backend.rglob("*") if p.is_file()]
+    assert files, f"no state files under {backend}"
+    for path in files:
+        content = path.read_bytes()
+        for secret in secrets:
+            assert secret.encode() not in content, f"plaintext secret in {path}"
+
+
+@pytest.fixture
+def owner_role_db(pg_server: ServerAddress) -> Iterator[dict[str, object]]:
+    """A fresh database owned by a fresh non-superuser login role, as DatabaseAndRoles makes them.
+
+    Yields the migration connection inputs (host, port, dbname, user, password, sslmode).
+    """
+    suffix = uuid.uuid4().hex[:10]
+    role, database, password = f"owner_{suffix}", f"db_{suffix}", f"pw-{uuid.uuid4().hex}"
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} NOSUPERUSER NOCREATEDB NOCREATEROLE").format(
+            sql.Identifier(role), sql.Literal(password)))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(role)))
+    yield {"host": pg_server.host, "port": pg_server.port, "dbname": database, "user": role,
+           "password": password, "sslmode": "disable"}
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+@pytest.fixture
+def sql_copy(tmp_path: Path) -> Path:
+    """A writable copy of sql/, for tests that add, edit or break migration files."""
+    target = tmp_path / "sql"
+    shutil.copytree(REPO / "sql", target)
+    return target
