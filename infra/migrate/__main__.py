@@ -1,0 +1,225 @@
+"""`python -m infra.migrate`: inspect and, in emergencies, drive the migrations by hand.
+
+The normal path is `pulumi up` (each migration is a Pulumi resource); this CLI is the everyday
+`migrate` / `migrate:rollback` / `migrate:make` of the team and the tool for inspection and repairs:
+
+    python -m infra.migrate status            # version, name, applied/pending/CHANGED, applied_at, ...
+    python -m infra.migrate up                # apply all pending in order, stop at the first failure
+    python -m infra.migrate down              # revert the last applied migration (its .down.sql)
+    python -m infra.migrate new add_segments  # create sql/NNN_add_segments.sql and .down.sql
+    python -m infra.migrate repair 003        # accept 003's current checksum (after a harmless edit)
+
+The database comes from --database-url or $DATABASE_URL (a libpq URL or key=value string); the
+directory from --dir (default `sql`). Exit status: 0 success, 1 migration error (message on stderr),
+2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import psycopg
+
+from .errors import MigrationFileError, MigrationsError
+from .files import DOWN_HEADER, UP_HEADER, MigrationFile, load_migrations, next_migration_paths
+from .runner import Migrator
+from .tracking import AppliedMigration
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # Accepted both before and after the subcommand; the subcommand's copy only overrides when given.
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--database-url",
+        default=default(None),
+        metavar="URL",
+        help="PostgreSQL connection string (URL or key=value); default: $DATABASE_URL",
+    )
+    parser.add_argument(
+        "--dir", default=default("sql"), help="directory of the migration files (default: sql)"
+    )
+    parser.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=default(60.0),
+        metavar="SECONDS",
+        help="how long to wait for the migration lock held by another run (default: 60)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m infra.migrate",
+        description="Ordered SQL migrations (sql/NNN_name.sql) of the customer insights database.",
+        epilog="Exit status: 0 success, 1 migration error, 2 usage error.",
+    )
+    _common_options(parser, top=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in (
+        ("status", "show every migration: applied, pending or CHANGED (file edited after it was applied)"),
+        ("up", "apply all pending migrations in order; stop at the first failure"),
+        ("down", "revert the last applied migration with its .down.sql"),
+    ):
+        _common_options(sub.add_parser(name, help=help_text, description=help_text), top=False)
+    new = sub.add_parser("new", help="create the next numbered pair of migration files")
+    new.add_argument("name", help="snake_case name, e.g. add_customer_segments")
+    _common_options(new, top=False)
+    repair = sub.add_parser(
+        "repair",
+        help="accept the current checksum of an applied migration's file (runs no SQL)",
+    )
+    repair.add_argument("version", help="the migration's version, e.g. 003")
+    _common_options(repair, top=False)
+    return parser
+
+
+def _migrator(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Migrator:
+    url = args.database_url or os.environ.get("DATABASE_URL")
+    if not url:
+        parser.error("no database: pass --database-url or set DATABASE_URL")
+    return Migrator(url, lock_timeout=args.lock_timeout, log=_say)
+
+
+def _fmt_time(record: AppliedMigration) -> str:
+    return record.applied_at.isoformat(sep=" ", timespec="seconds")
+
+
+def cmd_status(migrator: Migrator, migrations: list[MigrationFile]) -> int:
+    applied = migrator.applied()
+    rows: list[tuple[str, str, str, str, str]] = []
+    counts: dict[str, int] = {}
+    by_version = {m.version: m for m in migrations}
+    versions = sorted(set(by_version) | set(applied), key=lambda v: (int(v) if v.isdigit() else -1, v))
+    for version in versions:
+        m = by_version.get(version)
+        record = applied.get(version)
+        if record is None:
+            state = "pending"
+        elif m is None:
+            state = "NO FILE"  # recorded, but its file is gone (renamed or deleted)
+        elif record.checksum != m.checksum:
+            state = "CHANGED"
+        else:
+            state = "applied"
+        counts[state] = counts.get(state, 0) + 1
+        rows.append(
+            (
+                version,
+                m.name if m else record.name if record else "",
+                state,
+                _fmt_time(record) if record else "",
+                f"{record.duration_ms} ms" if record else "",
+            )
+        )
+    header = ("version", "name", "status", "applied_at", "duration")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    summary = ", ".join(f"{n} {state}" for state, n in counts.items()) or "no migrations"
+    print(f"\n{summary}")
+    if counts.get("CHANGED"):
+        print(
+            "CHANGED: the file was edited after it was applied: restore it, or accept it with "
+            "`python -m infra.migrate repair VERSION` (for pulumi up: the stack config "
+            "`migrations:acceptChecksums`)."
+        )
+    if counts.get("NO FILE"):
+        print("NO FILE: recorded in public.schema_migrations, but no sql/ file has that version.")
+    return EXIT_OK
+
+
+def cmd_up(migrator: Migrator, migrations: list[MigrationFile]) -> int:
+    results = migrator.apply_all(migrations)
+    if not results:
+        _say("nothing to apply: every migration is applied")
+    else:
+        ran = sum(1 for _, adopted in results if not adopted)
+        _say(f"done: {ran} applied, {len(results) - ran} adopted")
+    return EXIT_OK
+
+
+def cmd_down(migrator: Migrator, migrations: list[MigrationFile]) -> int:
+    applied = migrator.applied()
+    if not applied:
+        _say("nothing to revert: no migration is applied")
+        return EXIT_OK
+    last = list(applied.values())[-1]
+    m = next((m for m in migrations if m.version == last.version), None)
+    if m is None:
+        raise MigrationsError(
+            f"the last applied migration, version {last.version} ({last.name}), has no file in the "
+            "migrations directory: restore its files to revert it"
+        )
+    migrator.revert(m)
+    return EXIT_OK
+
+
+def cmd_new(directory: Path, name: str) -> int:
+    up, down = next_migration_paths(directory, name)
+    directory.mkdir(parents=True, exist_ok=True)
+    title = name.replace("_", " ")
+    for path, text in (
+        (up, UP_HEADER.format(filename=up.name, title=title)),
+        (down, DOWN_HEADER.format(filename=down.name, up_filename=up.name)),
+    ):
+        with open(path, "x", encoding="utf-8") as f:  # never overwrite
+            f.write(text)
+        print(path)
+    return EXIT_OK
+
+
+def cmd_repair(migrator: Migrator, migrations: list[MigrationFile], version: str) -> int:
+    m = next((m for m in migrations if int(m.version) == int(version)), None)
+    if m is None:
+        raise MigrationsError(f"no migration file with version {version} in the migrations directory")
+    record = migrator.repair(m)
+    _say(f"{m.filename}: recorded checksum is now {record.checksum}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    directory = Path(args.dir)
+    try:
+        if args.command == "new":
+            try:
+                return cmd_new(directory, args.name)
+            except MigrationFileError as e:
+                parser.error(str(e))
+        if args.command == "repair" and not args.version.isdigit():
+            parser.error(f"VERSION must be a number like 003, not {args.version!r}")
+        migrator = _migrator(args, parser)
+        migrations = load_migrations(directory)
+        if args.command == "status":
+            return cmd_status(migrator, migrations)
+        if args.command == "up":
+            return cmd_up(migrator, migrations)
+        if args.command == "down":
+            return cmd_down(migrator, migrations)
+        if args.command == "repair":
+            return cmd_repair(migrator, migrations, args.version)
+        parser.error(f"unknown command {args.command!r}")
+    except (MigrationsError, psycopg.Error, OSError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return EXIT_USAGE  # unreachable: parser.error exits
+
+
+if __name__ == "__main__":
+    sys.exit(main())

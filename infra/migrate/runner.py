@@ -1,0 +1,347 @@
+"""`Migrator`: applies, adopts, reverts and repairs migrations on one database.
+
+Every public method opens its own connection (autocommit, `application_name`, `connect_timeout`),
+and every method that writes holds the migration advisory lock (see `locking`) for its whole duration,
+so two migrators (two `pulumi up`, or `pulumi up` and the CLI) never interleave and never apply a
+migration twice: under the lock the record is read again, and an already recorded migration with the
+same checksum is adopted instead of run. Instances keep only plain values (picklable by Pulumi's
+dynamic providers); nothing connects at import or construction time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, LiteralString, cast
+
+import psycopg
+from psycopg import conninfo as pg_conninfo
+
+from . import tracking
+from .errors import ChecksumMismatchError, MigrationFailedError, MigrationsError
+from .files import NO_TRANSACTION_MARKER, MigrationFile, validate_script
+from .locking import migration_lock
+from .statements import Statement, split_statements
+from .tracking import AppliedMigration
+
+DEFAULT_CONNECT_TIMEOUT = 10  # seconds, unless the conninfo or PGCONNECT_TIMEOUT says otherwise
+
+_NOT_IN_TRANSACTION_HINT = (
+    f"this statement cannot run inside a transaction: put `{NO_TRANSACTION_MARKER}` in the file's "
+    "header (its leading comment lines) so its statements run one by one, in autocommit"
+)
+
+
+# A script may `SET ROLE` (e.g. to make an owner role own what it creates): the tracking write is done
+# as the connecting user again (it owns public.schema_migrations; applied_by names it).
+_RESET_ROLE = "RESET ROLE"
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+class Migrator:
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        lock_timeout: float = 60.0,
+        log: Callable[[str], None] | None = None,
+        application_name: str = "customer-insights-migrations",
+    ) -> None:
+        self.conninfo = conninfo
+        self.lock_timeout = lock_timeout
+        self.log = log
+        self.application_name = application_name
+
+    def __repr__(self) -> str:  # never show the conninfo: it may carry a password
+        return f"Migrator(application_name={self.application_name!r}, lock_timeout={self.lock_timeout!r})"
+
+    # ---------------------------------------------------------------- connections
+
+    def _say(self, message: str) -> None:
+        if self.log is not None:
+            self.log(message)
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        params: dict[str, Any] = {"application_name": self.application_name}
+        try:
+            given = pg_conninfo.conninfo_to_dict(self.conninfo)
+        except psycopg.ProgrammingError as e:
+            raise MigrationsError(f"invalid database connection string: {e}") from e
+        if "connect_timeout" not in given and not os.environ.get("PGCONNECT_TIMEOUT"):
+            params["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
+        try:
+            return psycopg.connect(self.conninfo, autocommit=True, prepare_threshold=None, **params)
+        except psycopg.Error as e:
+            raise MigrationsError(f"cannot connect to the database: {e}".rstrip()) from e
+
+    @contextmanager
+    def _session(self, *, locked: bool) -> Iterator[psycopg.Connection[Any]]:
+        conn = self._connect()
+        try:
+            if locked:
+                with migration_lock(conn, self.lock_timeout, self._say):
+                    yield conn
+            else:
+                yield conn
+        except psycopg.Error as e:  # a failure outside a migration's statements (tracking, lock, network)
+            raise MigrationsError(f"database error: {e}".rstrip()) from e
+        finally:
+            conn.close()
+
+    # ---------------------------------------------------------------- reading
+
+    def applied(self) -> dict[str, AppliedMigration]:
+        """Every applied migration by version (in version order); {} if the tracking table doesn't exist."""
+        with self._session(locked=False) as conn:
+            return tracking.fetch_all(conn)
+
+    def check(self, m: MigrationFile) -> AppliedMigration | None:
+        """None if `m` is not applied; its record if applied with the same checksum; otherwise
+        ChecksumMismatchError."""
+        with self._session(locked=False) as conn:
+            record = tracking.fetch(conn, m.version)
+        if record is not None:
+            _same_checksum(m, record)
+        return record
+
+    # ---------------------------------------------------------------- writing
+
+    def apply(self, m: MigrationFile) -> tuple[AppliedMigration, bool]:
+        """Apply `m` (or adopt it when it is already recorded with the same checksum: nothing runs).
+        Returns (record, adopted)."""
+        validate_script(m.filename, m.up_sql, m.transactional)
+        with self._session(locked=True) as conn:
+            tracking.ensure_table(conn)
+            record = tracking.fetch(conn, m.version)
+            if record is not None:
+                _same_checksum(m, record)
+                self._say(f"{m.filename}: already recorded, adopted")
+                return record, True
+            self._say(f"{m.filename}: applying ({_mode(m.transactional)})")
+            statements = split_statements(m.up_sql)
+
+            def record_it(duration_ms: int) -> AppliedMigration:
+                return tracking.insert(conn, m.version, m.name, m.checksum, duration_ms)
+
+            started = time.monotonic()
+            record = self._run(conn, m.filename, m.up_sql, statements, m.transactional, record_it, started)
+            self._say(f"{m.filename}: applied in {record.duration_ms} ms")
+            return record, False
+
+    def apply_all(self, migrations: Sequence[MigrationFile]) -> list[tuple[AppliedMigration, bool]]:
+        """Apply the pending ones of `migrations` in order, stopping at the first failure (which is
+        raised). Before running anything, every already recorded one is checked (ChecksumMismatchError).
+        Returns what `apply` returned for each migration that was pending when it started."""
+        recorded = self.applied()
+        pending = []
+        for m in sorted(migrations, key=lambda m: int(m.version)):
+            record = recorded.get(m.version)
+            if record is None:
+                pending.append(m)
+            else:
+                _same_checksum(m, record)
+        return [self.apply(m) for m in pending]
+
+    def revert(self, m: MigrationFile) -> bool:
+        """Run `m`'s down script and delete its record (one transaction unless the down script's header
+        says `-- migrate:no-transaction`). False if `m` is not applied. MigrationsError if it has no down
+        script; ChecksumMismatchError if the applied version differs from the file."""
+        with self._session(locked=True) as conn:
+            record = tracking.fetch(conn, m.version)
+            if record is None:
+                self._say(f"{m.filename}: not applied, nothing to revert")
+                return False
+            _same_checksum(m, record)
+            if m.down_sql is None:
+                raise MigrationsError(
+                    f"{m.filename}: cannot revert: there is no down script {m.down_filename}. Write one "
+                    "(the SQL that undoes the migration), or undo it by hand and delete its row from "
+                    f"public.schema_migrations (version '{m.version}')."
+                )
+            down_transactional = m.down_transactional
+            validate_script(m.down_filename, m.down_sql, down_transactional)
+            self._say(f"{m.down_filename}: reverting {m.filename} ({_mode(down_transactional)})")
+            statements = split_statements(m.down_sql)
+
+            def forget_it(duration_ms: int) -> AppliedMigration:
+                tracking.delete(conn, m.version)
+                return record
+
+            started = time.monotonic()
+            self._run(conn, m.down_filename, m.down_sql, statements, down_transactional, forget_it, started)
+            self._say(f"{m.down_filename}: reverted in {_ms(time.monotonic() - started)} ms")
+            return True
+
+    def repair(self, m: MigrationFile) -> AppliedMigration:
+        """Record `m.checksum` (and name) for the already applied `m.version`, running nothing."""
+        with self._session(locked=True) as conn:
+            tracking.ensure_table(conn)
+            before = tracking.fetch(conn, m.version)
+            if before is None:
+                raise MigrationsError(
+                    f"{m.filename}: cannot repair: version {m.version} is not applied (no row in "
+                    "public.schema_migrations); apply it instead"
+                )
+            record = tracking.update_checksum(conn, m.version, m.name, m.checksum)
+            assert record is not None
+        if before.checksum == m.checksum:
+            self._say(f"{m.filename}: checksum already {m.checksum}, nothing to repair")
+        else:
+            self._say(f"{m.filename}: repaired: recorded checksum {before.checksum} -> {m.checksum}")
+        return record
+
+    # ---------------------------------------------------------------- execution
+
+    def _run(
+        self,
+        conn: psycopg.Connection[Any],
+        filename: str,
+        script: str,
+        statements: list[Statement],
+        transactional: bool,
+        finish: Callable[[int], AppliedMigration],
+        started: float,
+    ) -> AppliedMigration:
+        """Run `statements` then `finish(duration_ms)` (the tracking write): in one transaction, or
+        (non-transactional) one by one in autocommit, then the tracking write on its own."""
+
+        def on_notice(diag: psycopg.errors.Diagnostic) -> None:
+            self._say(f"{filename}: {diag.severity or 'NOTICE'}: {diag.message_primary}")
+
+        conn.add_notice_handler(on_notice)
+        try:
+            if transactional:
+                return self._run_transactional(conn, filename, script, statements, finish, started)
+            return self._run_autocommit(conn, filename, statements, finish, started)
+        finally:
+            conn.remove_notice_handler(on_notice)
+
+    def _run_transactional(
+        self,
+        conn: psycopg.Connection[Any],
+        filename: str,
+        script: str,
+        statements: list[Statement],
+        finish: Callable[[int], AppliedMigration],
+        started: float,
+    ) -> AppliedMigration:
+        phase = "statements"
+        try:
+            with conn.transaction():
+                for st in statements:
+                    self._execute(conn, filename, st, transactional=True)
+                phase = "tracking"
+                duration_ms = _ms(time.monotonic() - started)
+                conn.execute(_RESET_ROLE)
+                record = finish(duration_ms)
+                phase = "COMMIT"
+            return record
+        except MigrationFailedError:
+            raise
+        except psycopg.Error as e:  # the tracking write or the COMMIT itself failed
+            last_line = script.count("\n") + 1
+            note = None
+            if phase == "COMMIT" and (conn.closed or e.sqlstate is None):
+                note = (
+                    "the connection failed while committing: the outcome is UNKNOWN. Look at "
+                    "public.schema_migrations (`python -m infra.migrate status`): if the migration is "
+                    "recorded it was applied (applying it again adopts it); if not, nothing of it was applied"
+                )
+            statement = (
+                "COMMIT" if phase == "COMMIT" else "(recording the migration in public.schema_migrations)"
+            )
+            raise _failed(filename, statement, last_line, e, transactional=True, note=note) from e
+
+    def _run_autocommit(
+        self,
+        conn: psycopg.Connection[Any],
+        filename: str,
+        statements: list[Statement],
+        finish: Callable[[int], AppliedMigration],
+        started: float,
+    ) -> AppliedMigration:
+        done: list[int] = []
+        for st in statements:
+            self._execute(conn, filename, st, transactional=False, completed_lines=done)
+            done.append(st.line)
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.execute("ROLLBACK")
+            raise MigrationsError(
+                f"{filename}: the script left a transaction open (a BEGIN without COMMIT); it was rolled "
+                "back, so its statements after that BEGIN were undone. The migration is NOT recorded: "
+                "end every BEGIN with COMMIT, then apply again."
+            )
+        try:
+            duration_ms = _ms(time.monotonic() - started)
+            conn.execute(_RESET_ROLE)
+            return finish(duration_ms)
+        except psycopg.Error as e:
+            raise MigrationsError(
+                f"{filename}: all its statements ran (non-transactional), but recording that in "
+                f"public.schema_migrations failed: {e}. Check the database; once it matches the file, "
+                "applying it again re-runs it (make it re-runnable), or insert its row by hand."
+            ) from e
+
+    @staticmethod
+    def _execute(
+        conn: psycopg.Connection[Any],
+        filename: str,
+        st: Statement,
+        *,
+        transactional: bool,
+        completed_lines: Sequence[int] = (),
+    ) -> None:
+        try:
+            # The text is trusted: it is a migration file of this repository, run as written.
+            conn.execute(cast(LiteralString, st.text))
+        except psycopg.Error as e:
+            raise _failed(
+                filename, st.text, st, e, transactional=transactional, completed_lines=completed_lines
+            ) from e
+
+
+def _mode(transactional: bool) -> str:
+    return "transactional" if transactional else "non-transactional"
+
+
+def _same_checksum(m: MigrationFile, record: AppliedMigration) -> None:
+    if record.checksum != m.checksum:
+        raise ChecksumMismatchError(m.filename, m.version, record.checksum, m.checksum)
+
+
+def _failed(
+    filename: str,
+    statement: str,
+    where: Statement | int,
+    e: psycopg.Error,
+    *,
+    transactional: bool,
+    completed_lines: Sequence[int] = (),
+    note: str | None = None,
+) -> MigrationFailedError:
+    diag = e.diag
+    line = where.line_at(diag.statement_position) if isinstance(where, Statement) else where
+    message = diag.message_primary or str(e).strip() or type(e).__name__
+    hint = diag.message_hint
+    if (
+        e.sqlstate == "25001" and transactional
+    ):  # active_sql_transaction: "cannot run inside a transaction block"
+        hint = f"{hint}; {_NOT_IN_TRANSACTION_HINT}" if hint else _NOT_IN_TRANSACTION_HINT
+    return MigrationFailedError(
+        filename,
+        statement,
+        line,
+        message,
+        e.sqlstate,
+        transactional=transactional,
+        completed_lines=completed_lines,
+        pg_detail=diag.message_detail,
+        pg_hint=hint,
+        pg_context=diag.context,
+        note=note,
+    )
