@@ -68,6 +68,9 @@ class PostgresServer(pulumi.ComponentResource):
                 "postgres",
                 "-c", "shared_preload_libraries=pg_cron",
                 "-c", f"cron.database_name={args.cron_database}",
+                # Jobs run in background workers: no libpq login (and so no password) for the job's role.
+                "-c", "cron.use_background_workers=on",
+                "-c", "max_worker_processes=32",
             ],
             ports=[docker.ContainerPortArgs(internal=5432, external=args.host_port, ip=args.bind_address)],
             volumes=[docker.ContainerVolumeArgs(volume_name=volume.name, container_path=DATA_DIR)],

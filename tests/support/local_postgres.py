@@ -108,6 +108,9 @@ class LocalPostgres:
             "unix_socket_directories": self.workdir,
             "shared_preload_libraries": "pg_cron",
             "cron.database_name": self.cron_database,
+            # Jobs run in background workers, as on managed services: no libpq login, no password.
+            "cron.use_background_workers": "on",
+            "max_worker_processes": "32",
             "fsync": "off",
             "synchronous_commit": "off",
             "full_page_writes": "off",
