@@ -11,6 +11,6 @@ ruff check .
 echo "==> mypy"
 mypy infra scripts __main__.py
 echo "==> squawk (sql/)"
-squawk --config .squawk.toml sql/*.sql
+squawk sql/*.sql
 echo "==> pytest"
 exec python -m pytest -v "$@"

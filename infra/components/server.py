@@ -92,6 +92,8 @@ class PostgresServer(pulumi.ComponentResource):
         )
 
         self.host = pulumi.Output.from_input(args.bind_address)
-        self.port = self.container.ports.apply(lambda ports: int(ports[0].external) if ports else args.host_port)
+        self.port = self.container.ports.apply(
+            lambda ports: int(ports[0].external) if ports and ports[0].external else args.host_port
+        )
         self.container_name = self.container.name
         self.register_outputs({"host": self.host, "port": self.port, "container_name": self.container_name})

@@ -74,13 +74,13 @@ class MigrationProvider(DiffingProvider):
             # Only reachable with accept_checksum (see diff): a repair, nothing is re-run.
             record = migrator.repair(migration)
             return UpdateResult(outs=_outs(news, record, adopted=True))
-        record = migrator.check(migration)
-        if record is None:
+        current = migrator.check(migration)
+        if current is None:
             raise RuntimeError(
                 f"{migration.filename} is in the Pulumi state but not in the tracking table: "
                 "run `pulumi refresh` so the next `pulumi up` applies it again"
             )
-        return UpdateResult(outs=_outs(news, record, adopted=bool(olds.get("adopted"))))
+        return UpdateResult(outs=_outs(news, current, adopted=bool(olds.get("adopted"))))
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         if props.get("keep_on_destroy"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +60,7 @@ def test_up_is_idempotent_and_destroy_reverts_everything(owner_role_db, new_stac
     result = stack.up(color="never")
     assert result.summary.resource_changes == {"create": len(files) + 2}  # + stack + component
     assert set(recorded(owner_role_db)) == {f.version for f in files}
-    assert SPEC_TABLES <= tables(owner_role_db)
+    assert tables(owner_role_db) >= SPEC_TABLES
     with psycopg.connect(dsn(owner_role_db)) as conn:
         applied_by = {r[0] for r in conn.execute("SELECT applied_by FROM schema_migrations").fetchall()}
     assert applied_by == {owner_role_db["user"]}
@@ -169,5 +168,5 @@ def test_keep_data_on_destroy_leaves_the_schema(owner_role_db, new_stack):
     stack = new_stack(migrations_program(REPO / "sql", owner_role_db, keep_data=True))
     stack.up(color="never")
     stack.destroy(color="never")
-    assert SPEC_TABLES <= tables(owner_role_db)
+    assert tables(owner_role_db) >= SPEC_TABLES
     assert len(recorded(owner_role_db)) == len(load_migrations(REPO / "sql"))
