@@ -1,0 +1,861 @@
+"""The real `__main__.py` under Pulumi's mocks: the resources it declares, how they are wired, its exports.
+
+How the program is run (`ProgramHarness.run`):
+
+* `pulumi.runtime.set_mocks` with `ProgramMocks` (Pulumi's documented unit-test approach: `new_resource`
+  returns `[name + "_id", inputs]` plus the computed outputs the program reads) and a `RecordingMonitor`,
+  a `MockMonitor` subclass passed through set_mocks' `monitor=` argument. `MockResourceArgs` has no
+  parent, no `depends_on` and no resource options, so the monitor records each `RegisterResource`
+  request as the engine receives it: URN, parent URN, provider reference, `dependencies` (explicit
+  `depends_on` plus the resources the inputs come from), per-property dependencies,
+  `additional_secret_outputs`, and the inputs in wire form (secrets still wrapped, so which inputs are
+  secret can be asserted). Like the engine, and unlike `MockMonitor`, it returns the outputs named in
+  `additional_secret_outputs` as secrets (e.g. RandomPassword `result`).
+* The program runs in `pulumi.runtime.run_in_stack`, the way the Python language host and the
+  Automation API run `__main__.py`: it creates the root Stack, runs the program, waits for every
+  outstanding registration, and registers the exports as the Stack's outputs. Exports are captured
+  from that `RegisterResourceOutputs` call for the Stack's URN: exactly what `pulumi up` would store,
+  secret outputs still wrapped as secrets. This follows the engine's path instead of reading the SDK's
+  Stack object, and it needs nothing from the program. As a second, independent check, each
+  `pulumi.export` value is asked `await Output.is_secret()` at the end of the program (from the
+  Stack's `outputs`).
+* set_mocks registers a finished root Stack of its own; `run` lets it settle and clears the root
+  (what `pulumi.runtime.reset_options` does) so that run_in_stack can create the program's.
+* Config comes from `pulumi.runtime.set_all_config` (keys `customer-insights-db:<key>`, secret keys
+  listed), as the engine passes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import glob
+import itertools
+import runpy
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dill
+import pulumi
+import pytest
+from pulumi.runtime import rpc, settings
+from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs
+from pulumi.runtime.proto import resource_pb2
+from pulumi.runtime.stack import Stack, wait_for_rpcs
+
+import infra.preflight
+from infra.config import ConfigError
+from infra.dynamic.cron_job import CronJobProvider
+from infra.dynamic.migration import MigrationProvider
+from infra.migrate import load_migrations
+from infra.preflight import PreflightError, ServerFacts
+
+pytestmark = [
+    pytest.mark.unit,
+    # pulumi_postgresql warns about its deprecated DefaultPrivileg alias when the package is loaded
+    pytest.mark.filterwarnings("ignore:postgresql.DefaultPrivileg has been deprecated:DeprecationWarning"),
+]
+
+REPO = Path(__file__).resolve().parents[2]
+PROGRAM = REPO / "__main__.py"
+PROJECT = "customer-insights-db"
+STACK = "unit"
+
+STACK_TYPE = "pulumi:pulumi:Stack"
+SERVER_COMPONENT = "customer-insights:db:PostgresServer"
+DB_COMPONENT = "customer-insights:db:DatabaseAndRoles"
+MIGRATIONS_COMPONENT = "customer-insights:db:Migrations"
+JOB_COMPONENT = "customer-insights:db:TokenCleanupJob"
+RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
+NETWORK = "docker:index/network:Network"
+VOLUME = "docker:index/volume:Volume"
+REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
+CONTAINER = "docker:index/container:Container"
+PG_PROVIDER = "pulumi:providers:postgresql"
+ROLE = "postgresql:index/role:Role"
+DATABASE = "postgresql:index/database:Database"
+GRANT = "postgresql:index/grant:Grant"
+DEFAULT_PRIVILEGES = "postgresql:index/defaultPrivileges:DefaultPrivileges"
+EXTENSION = "postgresql:index/extension:Extension"
+DYNAMIC = "pulumi-python:dynamic:Resource"  # both Migration and CronJob
+
+IMAGE_ID = "sha256:" + "ab" * 32
+CRON_JOB_ID = 42
+PASSWORD_FILE = "/etc/postgresql-secrets/superuser-password"
+DATA_DIR = "/var/lib/postgresql/data"
+
+
+def password_of(resource_name: str) -> str:
+    """What the mocked RandomPassword `resource_name` generates."""
+    return f"pw-{resource_name}-0123456789"
+
+
+# ---------------------------------------------------------------------------------------------- wire values
+
+
+def reveal(value: Any) -> Any:
+    """`value` with every secret unwrapped."""
+    if rpc.is_rpc_secret(value):
+        return reveal(rpc.unwrap_rpc_secret(value))
+    if isinstance(value, dict):
+        return {k: reveal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [reveal(v) for v in value]
+    return value
+
+
+def plain_strings(value: Any) -> Iterator[str]:
+    """Every string of `value` that is not inside a secret."""
+    if rpc.is_rpc_secret(value):
+        return
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from plain_strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from plain_strings(v)
+
+
+def contains_secret(value: Any) -> bool:
+    if rpc.is_rpc_secret(value):
+        return True
+    if isinstance(value, dict):
+        return any(contains_secret(v) for v in value.values())
+    if isinstance(value, list):
+        return any(contains_secret(v) for v in value)
+    return False
+
+
+# ---------------------------------------------------------------------------------------------- harness
+
+
+@dataclass
+class Registration:
+    urn: str
+    type: str
+    name: str
+    parent: str  # URN
+    custom: bool
+    provider: str  # provider reference "<provider URN>::<id>", "" for the default provider
+    dependencies: list[str]  # URNs
+    property_dependencies: dict[str, list[str]]
+    additional_secret_outputs: list[str]
+    inputs: dict[str, Any]  # wire form: secrets wrapped
+
+    def __getitem__(self, key: str) -> Any:
+        return reveal(self.inputs[key])
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return reveal(self.inputs.get(key, default))
+
+    def is_secret(self, key: str) -> bool:
+        return rpc.is_rpc_secret(self.inputs.get(key))
+
+
+class ProgramMocks(pulumi.runtime.Mocks):
+    """Each resource's outputs are its inputs, plus the computed outputs the program reads."""
+
+    def __init__(self) -> None:
+        self.created: list[MockResourceArgs] = []
+        self.calls: list[MockCallArgs] = []
+        self._lock = threading.Lock()
+
+    def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict[Any, Any]]:
+        with self._lock:
+            self.created.append(args)
+        outputs = dict(args.inputs)
+        if args.typ == RANDOM_PASSWORD:
+            outputs["result"] = password_of(args.name)
+        elif args.typ == REMOTE_IMAGE:
+            outputs["imageId"] = IMAGE_ID
+        elif args.typ == CONTAINER:
+            outputs["name"] = args.inputs["name"]
+            outputs["ports"] = [{"protocol": "tcp", **port} for port in args.inputs.get("ports", [])]
+        elif args.typ == DYNAMIC and "job_name" in args.inputs:
+            outputs["job_id"] = CRON_JOB_ID
+        return f"{args.name}_id", outputs
+
+    def call(self, args: MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
+        with self._lock:
+            self.calls.append(args)
+        return {}, []
+
+
+class RecordingMonitor(MockMonitor):
+    def __init__(self, mocks: ProgramMocks) -> None:
+        super().__init__(mocks)
+        self.registrations: list[Registration] = []
+        self.stack_outputs: dict[str, Any] | None = None
+        self.thread_loops: set[asyncio.AbstractEventLoop] = set()
+        self._lock = threading.Lock()
+
+    def RegisterResource(self, request: Any) -> Any:
+        response = super().RegisterResource(request)
+        if request.type == STACK_TYPE:
+            return response
+        with self._lock:
+            # MockMonitor gives each executor thread an event loop that nobody closes: closed after the run
+            self.thread_loops.add(asyncio.get_event_loop())
+        response = self._engine_secrets(request, response)
+        registration = Registration(
+            urn=response.urn,
+            type=request.type,
+            name=request.name,
+            parent=request.parent,
+            custom=request.custom,
+            provider=request.provider,
+            dependencies=list(request.dependencies),
+            property_dependencies={k: list(v.urns) for k, v in request.propertyDependencies.items()},
+            additional_secret_outputs=list(request.additionalSecretOutputs),
+            inputs=rpc.deserialize_properties(request.object, keep_unknowns=True),
+        )
+        with self._lock:
+            self.registrations.append(registration)
+        return response
+
+    @staticmethod
+    def _engine_secrets(request: Any, response: Any) -> Any:
+        """The engine returns the outputs named in `additional_secret_outputs` as secrets."""
+        names = set(request.additionalSecretOutputs)
+        if not names:
+            return response
+        state = rpc.deserialize_properties(response.object, keep_unknowns=True)
+        for key in names & set(state):
+            state[key] = rpc.wrap_rpc_secret(state[key])
+        loop = asyncio.new_event_loop()
+        try:
+            wire = loop.run_until_complete(rpc.serialize_properties(state, {}))
+        finally:
+            loop.close()
+        return resource_pb2.RegisterResourceResponse(urn=response.urn, id=response.id, object=wire)
+
+    def RegisterResourceOutputs(self, request: Any) -> Any:
+        if f"::{STACK_TYPE}::" in request.urn:
+            with self._lock:
+                self.stack_outputs = rpc.deserialize_properties(request.outputs, keep_unknowns=True)
+        return super().RegisterResourceOutputs(request)
+
+
+@dataclass
+class ProgramRun:
+    resources: list[Registration]
+    outputs: dict[str, Any]  # the Stack's outputs as registered with the engine (secrets wrapped)
+    export_is_secret: dict[str, bool]  # `await Output.is_secret()` of each pulumi.export value
+    _by_urn: dict[str, Registration] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._by_urn = {r.urn: r for r in self.resources}
+
+    def of_type(self, type_: str) -> list[Registration]:
+        return [r for r in self.resources if r.type == type_]
+
+    def one(self, type_: str, name: str) -> Registration:
+        found = [r for r in self.resources if r.type == type_ and r.name == name]
+        assert len(found) == 1, f"{len(found)} {type_} named {name!r}"
+        return found[0]
+
+    def by_urn(self, urn: str) -> Registration:
+        return self._by_urn[urn]
+
+    def parent_of(self, resource: Registration) -> Registration:
+        return self.by_urn(resource.parent)
+
+    def children_of(self, parent: Registration) -> list[Registration]:
+        return [r for r in self.resources if r.parent == parent.urn]
+
+    def provider_of(self, resource: Registration) -> Registration:
+        urn = resource.provider.rsplit("::", 1)[0]
+        return self.by_urn(urn)
+
+    def migrations(self) -> list[Registration]:
+        """The Migration resources, by version."""
+        return sorted((r for r in self.of_type(DYNAMIC) if "version" in r.inputs), key=lambda r: int(r["version"]))
+
+    def cron_job(self) -> Registration:
+        jobs = [r for r in self.of_type(DYNAMIC) if "job_name" in r.inputs]
+        assert len(jobs) == 1
+        return jobs[0]
+
+    def output(self, name: str) -> Any:
+        return reveal(self.outputs[name])
+
+
+class ProgramHarness:
+    """Runs `__main__.py` under mocks; what was registered stays readable when the program fails."""
+
+    def __init__(self) -> None:
+        self.mocks = ProgramMocks()
+        self.monitor = RecordingMonitor(self.mocks)
+        self.export_is_secret: dict[str, bool] = {}
+
+    async def _program(self) -> None:
+        runpy.run_path(str(PROGRAM), run_name="__main__")
+        stack = pulumi.runtime.get_root_resource()
+        assert isinstance(stack, Stack)
+        for name, value in stack.outputs.items():
+            self.export_is_secret[name] = await pulumi.Output.from_input(value).is_secret()
+
+    def run(self, config: dict[str, str], secret_keys: Iterable[str] = ()) -> ProgramRun:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            settings.SETTINGS.outputs.clear()  # as pulumi.runtime.test does
+            pulumi.runtime.set_mocks(self.mocks, project=PROJECT, stack=STACK, preview=False, monitor=self.monitor)
+            # set_mocks registers a root Stack of its own (already finished, with no outputs). Let that
+            # settle and start over with no root, so that run_in_stack creates the program's Stack
+            # (and its outputs registration is the only one recorded).
+            loop.run_until_complete(wait_for_rpcs())
+            self.monitor.stack_outputs = None
+            settings.ROOT.set(None)
+            pulumi.runtime.set_all_config(
+                {f"{PROJECT}:{key}": value for key, value in config.items()},
+                [f"{PROJECT}:{key}" for key in secret_keys],
+            )
+            loop.run_until_complete(pulumi.runtime.run_in_stack(self._program))
+        finally:
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_default_executor())
+            loop.close()
+            for thread_loop in self.monitor.thread_loops:
+                thread_loop.close()
+            asyncio.set_event_loop(None)
+            settings.ROOT.set(None)
+            pulumi.runtime.set_all_config({})
+        assert self.monitor.stack_outputs is not None, "the program's Stack registered no outputs"
+        return ProgramRun(list(self.monitor.registrations), self.monitor.stack_outputs, dict(self.export_is_secret))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _repo_on_sys_path() -> Iterator[None]:
+    # __main__.py imports `infra`; the language host runs it with the project directory on sys.path.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(REPO))
+        yield
+
+
+def migration_files() -> list[str]:
+    """The up scripts of sql/, by version, straight from the directory (not through infra.migrate)."""
+    names = [Path(p).name for p in glob.glob(str(REPO / "sql" / "*.sql"))]
+    ups = [n for n in names if not n.endswith(".down.sql")]
+    return sorted(ups, key=lambda n: int(n.split("_", 1)[0]))
+
+
+# ---------------------------------------------------------------------------------------------- container mode
+
+CONTAINER_CONFIG = {
+    "mode": "container",
+    "databaseName": "insights_test",
+    "rolePrefix": "cit",
+    "hostPort": "55999",
+    "passwordLength": "24",
+    "image": "registry.local/customer-insights/postgres-cron:15-test",
+    "cleanupSchedule": "7 3 * * *",
+    "cleanupBatchSize": "250",
+    "acceptChecksums": '["003"]',
+    "keepDataOnDestroy": "true",
+}
+ROLES = {"owner": "cit_owner", "app": "cit_app", "readonly": "cit_readonly", "cleanup": "cit_token_cleanup"}
+SUPERUSER_PASSWORD = password_of("superuser-password")
+
+
+@pytest.fixture(scope="module")
+def run(_repo_on_sys_path: None) -> ProgramRun:
+    return ProgramHarness().run(CONTAINER_CONFIG)
+
+
+def test_every_registration_reaches_the_mocks() -> None:
+    harness = ProgramHarness()
+    result = harness.run(CONTAINER_CONFIG)
+    assert sorted((a.typ, a.name) for a in harness.mocks.created) == sorted((r.type, r.name) for r in result.resources)
+    assert harness.mocks.calls == []  # the program invokes no provider function
+    assert len({r.urn for r in result.resources}) == len(result.resources)
+
+
+def test_container_mode_inventory(run: ProgramRun) -> None:
+    counts: dict[str, int] = {}
+    for r in run.resources:
+        counts[r.type] = counts.get(r.type, 0) + 1
+    assert counts == {
+        SERVER_COMPONENT: 1, DB_COMPONENT: 1, MIGRATIONS_COMPONENT: 1, JOB_COMPONENT: 1,
+        NETWORK: 1, VOLUME: 1, REMOTE_IMAGE: 1, CONTAINER: 1,
+        RANDOM_PASSWORD: 5,  # the superuser's and one per role
+        PG_PROVIDER: 1, ROLE: 4, DATABASE: 1,
+        GRANT: 1 + 3 * 2 + 4,  # revoke from PUBLIC, CONNECT + USAGE per non-owner role, the job's four
+        DEFAULT_PRIVILEGES: 4, EXTENSION: 1,
+        DYNAMIC: len(migration_files()) + 1,
+    }
+
+
+def test_docker_network_volume_and_image(run: ProgramRun) -> None:
+    server = run.one(SERVER_COMPONENT, "postgres")
+    network, volume, image = run.one(NETWORK, "postgres-network"), run.one(VOLUME, "postgres-data"), run.one(
+        REMOTE_IMAGE, "postgres-image"
+    )
+    for resource in (network, volume, image):
+        assert run.parent_of(resource) is server
+    assert network["name"] == "postgres-unit"
+    assert volume["name"] == "postgres-unit-data"
+    assert image["name"] == CONTAINER_CONFIG["image"]
+    assert image["keepLocally"] is True
+
+
+def test_container_publishes_the_port_on_loopback_only(run: ProgramRun) -> None:
+    container = run.one(CONTAINER, "postgres")
+    assert run.parent_of(container).type == SERVER_COMPONENT
+    assert container["ports"] == [{"internal": 5432, "external": 55999, "ip": "127.0.0.1"}]
+    assert container["image"] == IMAGE_ID  # the RemoteImage's id
+    assert container["volumes"] == [{"volumeName": "postgres-unit-data", "containerPath": DATA_DIR}]
+    assert container["networksAdvanced"] == [{"name": "postgres-unit"}]
+    assert f"cron.database_name={CONTAINER_CONFIG['databaseName']}" in container["command"]
+    assert "shared_preload_libraries=pg_cron" in container["command"]
+
+
+def test_container_waits_for_a_pg_isready_healthcheck(run: ProgramRun) -> None:
+    container = run.one(CONTAINER, "postgres")
+    assert container["wait"] is True
+    assert container["waitTimeout"] > 0
+    tests = container["healthcheck"]["tests"]
+    assert tests[0] == "CMD"
+    assert tests[1] == "pg_isready"
+    assert tests[tests.index("-U") + 1] == "postgres"
+
+
+def test_superuser_password_is_uploaded_as_a_file_never_in_the_environment(run: ProgramRun) -> None:
+    container = run.one(CONTAINER, "postgres")
+    envs = container["envs"]
+    assert f"POSTGRES_PASSWORD_FILE={PASSWORD_FILE}" in envs
+    assert not [e for e in envs if e.startswith("POSTGRES_PASSWORD=")]
+    assert all(SUPERUSER_PASSWORD not in e for e in envs)
+    assert SUPERUSER_PASSWORD not in " ".join(container["command"])
+    uploads = container.inputs["uploads"]
+    assert reveal(uploads) == [{"file": PASSWORD_FILE, "content": SUPERUSER_PASSWORD}]
+    assert contains_secret(uploads)  # the generated password stays a secret input...
+    assert "uploads" in container.additional_secret_outputs  # ...and a secret output
+
+
+def test_the_container_password_is_the_generated_one(run: ProgramRun) -> None:
+    password = run.one(RANDOM_PASSWORD, "superuser-password")
+    assert password["length"] == 24
+    assert password["special"] is False
+    container = run.one(CONTAINER, "postgres")
+    assert password.urn in container.property_dependencies["uploads"]
+
+
+def test_admin_provider_connects_to_the_container_as_superuser(run: ProgramRun) -> None:
+    provider = run.one(PG_PROVIDER, "app-db-admin")
+    assert (provider["host"], int(provider["port"]), provider["username"], provider["database"]) == (
+        "127.0.0.1", 55999, "postgres", "postgres"
+    )
+    assert provider["password"] == SUPERUSER_PASSWORD
+    assert provider.is_secret("password")
+    assert provider["sslmode"] == "disable"
+    assert provider["superuser"] == "true"  # provider config travels as strings
+    container = run.one(CONTAINER, "postgres")
+    assert container.urn in provider.dependencies  # waits for the healthy container
+
+
+def test_roles_are_least_privileged(run: ProgramRun) -> None:
+    roles = {r.name: r for r in run.of_type(ROLE)}
+    assert {purpose: roles[f"app-db-{purpose}"]["name"] for purpose in ROLES} == ROLES
+    provider = run.one(PG_PROVIDER, "app-db-admin")
+    for purpose, role in ((p, roles[f"app-db-{p}"]) for p in ROLES):
+        assert role["superuser"] is False, purpose
+        assert role["createRole"] is False, purpose
+        assert role["createDatabase"] is False, purpose
+        assert role.get("replication", False) is False, purpose
+        assert role.get("bypassRowLevelSecurity", False) is False, purpose
+        assert role["login"] is True, purpose
+        assert role["password"] == password_of(f"app-db-{purpose}-password"), purpose
+        assert role.is_secret("password"), purpose
+        assert run.provider_of(role) is provider, purpose
+
+
+def test_database_is_owned_by_the_owner_role(run: ProgramRun) -> None:
+    database = run.one(DATABASE, "app-db")
+    assert database["name"] == "insights_test"
+    assert database["owner"] == ROLES["owner"]
+    assert run.one(ROLE, "app-db-owner").urn in database.dependencies
+    assert run.provider_of(database).name == "app-db-admin"
+
+
+def database_grants(run: ProgramRun) -> dict[str, list[str]]:
+    return {
+        g["role"]: g["privileges"]
+        for g in run.of_type(GRANT)
+        if g["objectType"] == "database"
+    }
+
+
+def test_connect_is_revoked_from_public_and_granted_per_role(run: ProgramRun) -> None:
+    assert database_grants(run) == {
+        "public": [],
+        ROLES["app"]: ["CONNECT"],
+        ROLES["readonly"]: ["CONNECT"],
+        ROLES["cleanup"]: ["CONNECT"],
+    }
+    database = run.one(DATABASE, "app-db")
+    for grant in run.of_type(GRANT):
+        assert grant["database"] == "insights_test"
+        assert database.urn in grant.dependencies
+    revoke = run.one(GRANT, "app-db-revoke-public")
+    assert revoke["role"] == "public"
+    assert revoke["privileges"] == []
+
+
+def test_default_privileges_for_tables_the_owner_creates(run: ProgramRun) -> None:
+    found = {
+        (d["role"], d["objectType"]): (d["owner"], d["schema"], d["database"], sorted(d["privileges"]))
+        for d in run.of_type(DEFAULT_PRIVILEGES)
+    }
+    owner = ROLES["owner"]
+    assert found == {
+        (ROLES["app"], "table"): (owner, "public", "insights_test", sorted(["SELECT", "INSERT", "UPDATE", "DELETE"])),
+        (ROLES["app"], "sequence"): (owner, "public", "insights_test", ["SELECT", "USAGE"]),
+        (ROLES["readonly"], "table"): (owner, "public", "insights_test", ["SELECT"]),
+        (ROLES["readonly"], "sequence"): (owner, "public", "insights_test", ["SELECT"]),
+    }
+
+
+def test_one_migration_per_up_file_in_version_order(run: ProgramRun) -> None:
+    files = migration_files()
+    assert files, "sql/ has no migration"
+    migrations = run.migrations()
+    assert [m.name for m in migrations] == [f.removesuffix(".sql") for f in files]
+    assert [m["filename"] for m in migrations] == files
+    component = run.one(MIGRATIONS_COMPONENT, "schema")
+    for migration, loaded in zip(migrations, load_migrations(REPO / "sql"), strict=True):
+        assert run.parent_of(migration) is component
+        assert (migration["version"], migration["name"], migration["checksum"]) == (
+            loaded.version, loaded.name, loaded.checksum
+        )
+        assert migration["up_sql"] == loaded.up_sql
+        assert migration.get("down_sql") == loaded.down_sql
+        assert migration["transactional"] is loaded.transactional
+    assert run.output("migrations") == [m["version"] for m in migrations]
+
+
+def test_each_migration_depends_on_the_previous_one(run: ProgramRun) -> None:
+    migrations = run.migrations()
+    migration_urns = {m.urn for m in migrations}
+    assert not migration_urns & set(migrations[0].dependencies)
+    for previous, migration in itertools.pairwise(migrations):
+        assert migration_urns & set(migration.dependencies) == {previous.urn}, migration.name
+
+
+def test_migrations_component_waits_for_the_database_and_its_grants(run: ProgramRun) -> None:
+    # depends_on=[db] on the component: the SDK expands it to every resource of DatabaseAndRoles, and
+    # the Migration children register only once their parent has.
+    component = run.one(MIGRATIONS_COMPONENT, "schema")
+    db_resources = run.children_of(run.one(DB_COMPONENT, "app-db"))
+    assert {r.urn for r in db_resources if r.custom} <= set(component.dependencies)
+    assert any(r.type == DEFAULT_PRIVILEGES for r in db_resources)
+
+
+def test_migrations_connect_as_the_owner_never_the_superuser(run: ProgramRun) -> None:
+    for migration in run.migrations():
+        assert migration["user"] == ROLES["owner"]
+        assert migration["password"] == password_of("app-db-owner-password")
+        assert migration["password"] != SUPERUSER_PASSWORD
+        assert migration.is_secret("password")
+        assert "password" in migration.additional_secret_outputs
+        assert (migration["host"], int(migration["port"]), migration["dbname"], migration["sslmode"]) == (
+            "127.0.0.1", 55999, "insights_test", "disable"
+        )
+
+
+def test_migration_switches_come_from_the_config(run: ProgramRun) -> None:
+    accepted = {m["version"] for m in run.migrations() if m["accept_checksum"]}
+    assert accepted == {"003"}
+    assert all(m["keep_on_destroy"] is True for m in run.migrations())
+
+
+@pytest.mark.parametrize("kind", ["migration", "cron"])
+def test_dynamic_resources_carry_their_pickled_provider(run: ProgramRun, kind: str) -> None:
+    # Under mocks the dynamic resources serialize their provider exactly as in `pulumi up`: dill,
+    # base64, as a secret input `__provider`.
+    resource = run.migrations()[0] if kind == "migration" else run.cron_job()
+    expected = MigrationProvider if kind == "migration" else CronJobProvider
+    assert resource.is_secret("__provider")
+    provider = dill.loads(base64.b64decode(resource["__provider"]))
+    assert type(provider) is expected
+    assert vars(provider) == {}
+
+
+def test_cron_job_runs_the_procedure_as_the_cleanup_role(run: ProgramRun) -> None:
+    job = run.cron_job()
+    assert run.parent_of(job).type == JOB_COMPONENT
+    assert job["job_name"] == "insights_test-delete-expired-refresh-tokens"
+    assert job["schedule"] == "7 3 * * *"
+    assert job["command"] == "CALL delete_expired_refresh_tokens(batch_size => 250)"
+    assert job["run_as"] == ROLES["cleanup"]
+    assert job["database"] == "insights_test"
+    assert job["active"] is True
+    assert run.one(ROLE, "app-db-cleanup").urn in job.dependencies
+
+
+def test_cron_job_is_scheduled_through_the_admin_connection_to_the_cron_database(run: ProgramRun) -> None:
+    job = run.cron_job()
+    assert (job["host"], int(job["port"]), job["dbname"], job["user"]) == (
+        "127.0.0.1", 55999, "insights_test", "postgres"
+    )
+    assert job["password"] == SUPERUSER_PASSWORD
+    assert job.is_secret("password")
+
+
+def test_cron_job_waits_for_extension_grants_and_every_migration(run: ProgramRun) -> None:
+    job = run.cron_job()
+    component = run.parent_of(job)
+    siblings = {r.urn for r in run.children_of(component) if r.urn != job.urn}
+    assert len(siblings) == 5  # the extension and four grants
+    assert siblings <= set(job.dependencies)
+    assert {m.urn for m in run.migrations()} <= set(job.dependencies)
+
+
+def test_pg_cron_extension(run: ProgramRun) -> None:
+    extension = run.one(EXTENSION, "token-cleanup-pg-cron")
+    assert extension["name"] == "pg_cron"
+    assert extension["database"] == "insights_test"  # the server's cron.database_name
+    assert run.provider_of(extension).name == "app-db-admin"
+    assert {m.urn for m in run.migrations()} <= set(extension.dependencies)
+
+
+def grant_summary(grant: Registration) -> tuple[Any, ...]:
+    return (
+        grant["objectType"],
+        grant.get("schema"),
+        tuple(grant.get("objects") or ()),
+        tuple(grant.get("columns") or ()),
+        tuple(sorted(grant["privileges"])),
+    )
+
+
+def test_cleanup_role_grants_are_exactly_what_the_job_needs(run: ProgramRun) -> None:
+    job_component = run.one(JOB_COMPONENT, "token-cleanup")
+    job_grants = [g for g in run.of_type(GRANT) if g.parent == job_component.urn]
+    assert all(g["role"] == ROLES["cleanup"] and g["database"] == "insights_test" for g in job_grants)
+    assert sorted(grant_summary(g) for g in job_grants) == sorted([
+        ("table", "public", ("refresh_tokens",), (), ("DELETE",)),
+        ("column", "public", ("refresh_tokens",), ("id", "expires_at"), ("SELECT",)),
+        ("table", "public", ("refresh_token_cleanup_runs",), (), ("INSERT",)),
+        ("procedure", "public", ("delete_expired_refresh_tokens",), (), ("EXECUTE",)),
+    ])
+    for grant in job_grants:
+        assert run.provider_of(grant).name == "app-db-admin"
+        assert {m.urn for m in run.migrations()} <= set(grant.dependencies)  # the objects exist by then
+
+    # everything else the cleanup role gets: CONNECT to the database and USAGE on the schema, no
+    # default privileges
+    other = sorted(grant_summary(g) for g in run.of_type(GRANT)
+                   if g["role"] == ROLES["cleanup"] and g.parent != job_component.urn)
+    assert other == [("database", None, (), (), ("CONNECT",)), ("schema", "public", (), (), ("USAGE",))]
+    assert not [d for d in run.of_type(DEFAULT_PRIVILEGES) if d["role"] == ROLES["cleanup"]]
+
+
+def test_exports(run: ProgramRun) -> None:
+    assert set(run.outputs) == {
+        "mode", "host", "port", "database", "roles", "connection_urls", "env", "migrations", "cleanup_job",
+    }
+    assert run.output("mode") == "container"
+    assert run.output("host") == "127.0.0.1"
+    assert int(run.output("port")) == 55999
+    assert run.output("database") == "insights_test"
+    assert run.output("roles") == ROLES
+    assert run.output("cleanup_job") == {
+        "name": "insights_test-delete-expired-refresh-tokens", "schedule": "7 3 * * *", "job_id": CRON_JOB_ID,
+    }
+
+
+@pytest.mark.parametrize("name", ["connection_urls", "env"])
+def test_credential_exports_are_secret(run: ProgramRun, name: str) -> None:
+    # as stored by the engine: the whole value is wrapped as a secret
+    assert rpc.is_rpc_secret(run.outputs[name]), run.outputs[name]
+    # as exported by the program
+    assert run.export_is_secret[name] is True
+
+
+@pytest.mark.parametrize("name", ["mode", "host", "port", "database", "roles", "migrations"])
+def test_other_exports_are_not_secret(run: ProgramRun, name: str) -> None:
+    # shows the check above can tell the difference
+    assert not contains_secret(run.outputs[name])
+    assert run.export_is_secret[name] is False
+
+
+def test_env_export(run: ProgramRun) -> None:
+    app_password = password_of("app-db-app-password")
+    assert run.output("env") == {
+        "POSTGRES_HOST": "127.0.0.1",
+        "POSTGRES_PORT": "55999",
+        "POSTGRES_DB": "insights_test",
+        "POSTGRES_USER": ROLES["app"],
+        "POSTGRES_PASSWORD": app_password,
+        "DATABASE_URL": f"postgresql://{ROLES['app']}:{app_password}@127.0.0.1:55999/insights_test",
+    }
+
+
+def test_connection_urls_export(run: ProgramRun) -> None:
+    assert run.output("connection_urls") == {
+        purpose: f"postgresql://{role}:{password_of(f'app-db-{purpose}-password')}@127.0.0.1:55999/insights_test"
+        for purpose, role in ROLES.items()
+    }
+
+
+def test_no_password_appears_outside_a_secret(run: ProgramRun) -> None:
+    passwords = {SUPERUSER_PASSWORD, *(password_of(f"app-db-{p}-password") for p in ROLES)}
+    leaks = [
+        (r.type, r.name, text)
+        for r in run.resources
+        for text in plain_strings(r.inputs)
+        if any(p in text for p in passwords)
+    ]
+    leaks += [("stack output", name, text) for name, value in run.outputs.items()
+              for text in plain_strings(value) if any(p in text for p in passwords)]
+    assert not leaks
+
+
+def test_default_config(_repo_on_sys_path: None) -> None:
+    result = ProgramHarness().run({})
+    assert int(result.output("port")) == 55432
+    assert result.output("database") == "customer_insights"
+    assert result.output("roles") == {
+        "owner": "ci_owner", "app": "ci_app", "readonly": "ci_readonly", "cleanup": "ci_token_cleanup",
+    }
+    assert result.one(CONTAINER, "postgres")["ports"][0]["ip"] == "127.0.0.1"
+    job = result.cron_job()
+    assert (job["schedule"], job["command"]) == (
+        "*/15 * * * *", "CALL delete_expired_refresh_tokens(batch_size => 5000)"
+    )
+    assert not [m for m in result.migrations() if m["accept_checksum"] or m["keep_on_destroy"]]
+
+
+def test_disabled_cleanup_job_is_declared_inactive(_repo_on_sys_path: None) -> None:
+    result = ProgramHarness().run({"cleanupEnabled": "false"})
+    assert result.cron_job()["active"] is False
+
+
+# ---------------------------------------------------------------------------------------------- external mode
+
+EXTERNAL_CONFIG = {
+    "mode": "external",
+    "externalHost": "db.example.internal",
+    "externalPort": "6543",
+    "externalAdminUser": "admin",
+    "externalAdminPassword": "ext-admin-secret-0123456789",
+    "externalAdminDatabase": "defaultdb",
+    "externalSslMode": "verify-full",
+}
+
+
+class FakePreflight:
+    def __init__(self, result: ServerFacts | Exception) -> None:
+        self.result = result
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, **kwargs: Any) -> ServerFacts:
+        self.calls.append(kwargs)
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result
+
+
+@pytest.fixture
+def preflight(monkeypatch: pytest.MonkeyPatch) -> FakePreflight:
+    """infra.preflight.check_external_server connects to the server: never for real here."""
+    fake = FakePreflight(ServerFacts(version="16.2", cron_database="cron_db"))
+    monkeypatch.setattr(infra.preflight, "check_external_server", fake)
+    return fake
+
+
+def test_external_mode_checks_the_configured_server_first(preflight: FakePreflight) -> None:
+    ProgramHarness().run(EXTERNAL_CONFIG, secret_keys=["externalAdminPassword"])
+    assert preflight.calls == [{
+        "host": "db.example.internal", "port": 6543, "user": "admin", "password": "ext-admin-secret-0123456789",
+        "dbname": "defaultdb", "sslmode": "verify-full",
+    }]
+
+
+def test_external_mode_declares_no_docker_resource(preflight: FakePreflight) -> None:
+    result = ProgramHarness().run(EXTERNAL_CONFIG, secret_keys=["externalAdminPassword"])
+    assert not [r for r in result.resources if r.type.startswith("docker:") or r.type == SERVER_COMPONENT]
+    # no superuser password either: the role passwords only
+    assert {r.name for r in result.of_type(RANDOM_PASSWORD)} == {f"app-db-{p}-password" for p in ROLES}
+    assert len(result.of_type(ROLE)) == 4
+    assert len(result.migrations()) == len(migration_files())
+
+
+def test_external_mode_connects_with_the_configured_admin(preflight: FakePreflight) -> None:
+    result = ProgramHarness().run(EXTERNAL_CONFIG, secret_keys=["externalAdminPassword"])
+    provider = result.one(PG_PROVIDER, "app-db-admin")
+    assert (provider["host"], int(provider["port"]), provider["username"], provider["database"]) == (
+        "db.example.internal", 6543, "admin", "defaultdb"
+    )
+    assert provider["sslmode"] == "verify-full"
+    assert provider["superuser"] == "false"  # provider config travels as strings
+    assert provider["password"] == "ext-admin-secret-0123456789"
+    assert provider.is_secret("password")
+
+    for migration in result.migrations():
+        assert (migration["host"], int(migration["port"]), migration["sslmode"], migration["user"]) == (
+            "db.example.internal", 6543, "verify-full", "ci_owner"
+        )
+
+    # pg_cron lives in the database the preflight found in cron.database_name
+    assert result.one(EXTENSION, "token-cleanup-pg-cron")["database"] == "cron_db"
+    job = result.cron_job()
+    assert (job["dbname"], job["user"], job["database"]) == ("cron_db", "admin", "customer_insights")
+    assert job.is_secret("password")
+
+    assert result.output("mode") == "external"
+    assert result.output("env")["POSTGRES_HOST"] == "db.example.internal"
+    assert result.output("env")["POSTGRES_PORT"] == "6543"
+    leaks = [(r.type, r.name) for r in result.resources
+             if any("ext-admin-secret" in text for text in plain_strings(r.inputs))]
+    assert not leaks
+
+
+def test_preflight_error_propagates_and_nothing_is_declared(preflight: FakePreflight) -> None:
+    preflight.result = PreflightError("pg_cron is not enabled on db.example.internal:6543")
+    harness = ProgramHarness()
+    with pytest.raises(PreflightError, match="pg_cron is not enabled"):
+        harness.run(EXTERNAL_CONFIG, secret_keys=["externalAdminPassword"])
+    assert len(preflight.calls) == 1
+    assert harness.mocks.created == []
+    assert harness.monitor.registrations == []
+
+
+# ---------------------------------------------------------------------------------------------- config errors
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ({"hostPort": "0"}, "hostPort"),
+        ({"databaseName": "Bad-Name"}, "databaseName"),
+        ({"bindAddress": "0.0.0.0"}, "bindAddress"),
+        ({"cleanupSchedule": "every day"}, "cleanupSchedule"),
+        ({"mode": "external"}, "externalHost"),
+        ({**EXTERNAL_CONFIG, "externalSslMode": "strict"}, "externalSslMode"),
+    ],
+)
+def test_config_error_declares_nothing(preflight: FakePreflight, config: dict[str, str], key: str) -> None:
+    harness = ProgramHarness()
+    with pytest.raises(ConfigError, match=f"{PROJECT}:{key}: "):
+        harness.run(config)
+    assert harness.mocks.created == []
+    assert harness.monitor.registrations == []
+    assert preflight.calls == []  # not even the external server is contacted
+
+
+def test_unknown_accept_checksums_version_fails_naming_the_key(_repo_on_sys_path: None) -> None:
+    # Detected by the Migrations component, not by infra.config (see the report: by then the server
+    # and database resources are already declared).
+    with pytest.raises(ValueError, match=r"acceptChecksums names versions with no file in .*\['999'\]"):
+        ProgramHarness().run({"acceptChecksums": '["999"]'})

@@ -1,0 +1,134 @@
+"""The toolchain pins agree: bootstrap/versions.env, requirements.txt and what the venv has installed."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+VERSIONS_ENV = REPO / "bootstrap" / "versions.env"
+REQUIREMENTS = REPO / "requirements.txt"
+
+# requirements.txt package -> versions.env variable
+SDK_PINS = {
+    "pulumi": "PULUMI_PYTHON_SDK_VERSION",
+    "pulumi-docker": "PULUMI_DOCKER_VERSION",
+    "pulumi-postgresql": "PULUMI_POSTGRESQL_VERSION",
+    "pulumi-random": "PULUMI_RANDOM_VERSION",
+}
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    """'3.274.1' -> (3, 274, 1); a leading 'v' is allowed, anything else is an error."""
+    match = re.fullmatch(r"v?(\d+(?:\.\d+)*)", text.strip())
+    assert match, f"not a plain release version: {text!r}"
+    return tuple(int(part) for part in match[1].split("."))
+
+
+def read_versions_env() -> dict[str, str]:
+    values: dict[str, str] = {}
+    for number, line in enumerate(VERSIONS_ENV.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = re.fullmatch(r"([A-Z][A-Z0-9_]*)=([^\s#'\"$`]+)", line)
+        assert match, f"{VERSIONS_ENV.name}:{number}: expected KEY=value (sourced by bash), got {line!r}"
+        assert match[1] not in values, f"{VERSIONS_ENV.name}:{number}: {match[1]} is set twice"
+        values[match[1]] = match[2]
+    return values
+
+
+def read_requirements() -> dict[str, str]:
+    """Package name (normalised, extras dropped) -> pinned version."""
+    pins: dict[str, str] = {}
+    for number, raw in enumerate(REQUIREMENTS.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([0-9][A-Za-z0-9.+-]*)", line)
+        assert match, f"{REQUIREMENTS.name}:{number}: every requirement is pinned with ==, got {line!r}"
+        pins[normalise(match[1])] = match[2]
+    return pins
+
+
+def normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_versions_env_has_every_pin() -> None:
+    env = read_versions_env()
+    for key in ("PULUMI_CLI_VERSION", *SDK_PINS.values()):
+        assert key in env, f"{VERSIONS_ENV.name} lacks {key}"
+        version_tuple(env[key])
+    for key in ("PULUMI_DOCKER_COMMIT", "PULUMI_POSTGRESQL_COMMIT", "PULUMI_RANDOM_COMMIT"):
+        assert re.fullmatch(r"[0-9a-f]{40}", env.get(key, "")), f"{key} must be a full commit hash"
+
+
+@pytest.mark.parametrize(("package", "key"), sorted(SDK_PINS.items()))
+def test_requirements_pin_the_same_sdk_versions_as_versions_env(package: str, key: str) -> None:
+    env, pins = read_versions_env(), read_requirements()
+    assert package in pins, f"{REQUIREMENTS.name} does not pin {package}"
+    assert pins[package] == env[key], (
+        f"{REQUIREMENTS.name} pins {package}=={pins[package]} but {VERSIONS_ENV.name} has {key}={env[key]}: "
+        "change both together (the bootstrap builds the CLI and plugins for versions.env)"
+    )
+
+
+def test_cli_is_at_least_the_python_sdk_version() -> None:
+    env = read_versions_env()
+    cli, sdk = version_tuple(env["PULUMI_CLI_VERSION"]), version_tuple(env["PULUMI_PYTHON_SDK_VERSION"])
+    assert cli >= sdk, f"Pulumi CLI {env['PULUMI_CLI_VERSION']} is older than the Python SDK {sdk}"
+
+
+def test_version_tuples_compare_numerically() -> None:
+    # '3.274.1' > '3.28.0' as versions, not as strings: the check above must not compare text.
+    assert version_tuple("3.274.1") > version_tuple("3.28.0")
+    assert version_tuple("v3.272.0") == (3, 272, 0)
+    with pytest.raises(AssertionError):
+        version_tuple("3.272.0-rc1")
+
+
+def test_installed_packages_match_the_requirements_pins() -> None:
+    mismatches = []
+    for package, pinned in sorted(read_requirements().items()):
+        try:
+            installed = version(package)
+        except PackageNotFoundError:
+            mismatches.append(f"{package}: not installed (pinned {pinned})")
+            continue
+        if installed != pinned:
+            mismatches.append(f"{package}: installed {installed}, pinned {pinned}")
+    assert not mismatches, "the venv does not match requirements.txt (pip install -r requirements-dev.txt):\n" + (
+        "\n".join(mismatches)
+    )
+
+
+@pytest.mark.parametrize(("package", "key"), sorted(SDK_PINS.items()))
+def test_installed_sdks_match_versions_env(package: str, key: str) -> None:
+    assert version(package) == read_versions_env()[key]
+
+
+def bootstrap_cli() -> Path:
+    """Where bootstrap/lib.sh installs the pinned CLI."""
+    cache = os.environ.get("CUSTOMER_INSIGHTS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "customer-insights-pg"
+    )
+    return Path(cache) / f"pulumi-v{read_versions_env()['PULUMI_CLI_VERSION']}" / "bin" / "pulumi"
+
+
+def test_bootstrapped_cli_reports_the_pinned_version() -> None:
+    cli = bootstrap_cli()
+    if not cli.is_file():
+        pytest.skip(f"no bootstrapped Pulumi CLI at {cli} (bootstrap/bootstrap.sh installs it)")
+    env = {**os.environ, "PULUMI_SKIP_UPDATE_CHECK": "true"}
+    result = subprocess.run(  # a fixed local binary, no shell
+        [str(cli), "version"], capture_output=True, text=True, timeout=30, env=env, check=True
+    )
+    assert version_tuple(result.stdout) == version_tuple(read_versions_env()["PULUMI_CLI_VERSION"])
