@@ -10,13 +10,15 @@ import pulumi_random as random
 
 from infra import config as stack_config
 from infra.components.database import AdminConnection, DatabaseAndRoles, DatabaseAndRolesArgs, connection_url
-from infra.components.migrations import Migrations, MigrationsArgs
+from infra.components.migrations import Migrations, MigrationsArgs, checked_migrations
 from infra.components.scheduled_job import ScheduledJobArgs, TokenCleanupJob
 from infra.components.server import PostgresServer, PostgresServerArgs
 from infra.preflight import check_external_server
 
 pulumi_config = pulumi.Config()
 cfg = stack_config.load(pulumi_config, namespace=pulumi.get_project())
+migrations_dir = str(Path(__file__).resolve().parent / cfg.migrations.directory)
+checked_migrations(migrations_dir, cfg.migrations.accept_checksums)
 
 if isinstance(cfg.server, stack_config.ExternalServer):
     admin_password = pulumi_config.require_secret(cfg.server.admin_password_key)
@@ -55,7 +57,7 @@ owner = db.credentials["owner"]
 migrations = Migrations(
     "schema",
     MigrationsArgs(
-        directory=str(Path(__file__).resolve().parent / cfg.migrations.directory),
+        directory=migrations_dir,
         connection={
             "host": admin.host, "port": admin.port, "dbname": db.database.name,
             "user": owner.username, "password": owner.password, "sslmode": admin.sslmode,

@@ -16,6 +16,12 @@ from croniter import croniter
 
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 VERSION = re.compile(r"^[0-9]{3,}$")
+# One field of a pg_cron (vixie cron) schedule: numbers, month/day names, *, ranges, lists, steps.
+CRON_FIELD = re.compile(
+    r"^(\*|[0-9]+|jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec|sun|mon|tue|wed|thu|fri|sat)"
+    r"(-([0-9]+|[a-z]{3}))?(/[0-9]+)?(,(\*|[0-9]+|[a-z]{3})(-([0-9]+|[a-z]{3}))?(/[0-9]+)?)*$",
+    re.IGNORECASE,
+)
 MIN_PASSWORD_LENGTH = 20
 MAX_PASSWORD_LENGTH = 128
 MODES = ("container", "external")
@@ -99,6 +105,11 @@ class StackConfig:
 def validate_cron_schedule(schedule: str) -> str | None:
     """None if pg_cron (1.4+) accepts `schedule`, else what is wrong with it."""
     fields = schedule.split()
+    if len(fields) == 5 and not all(CRON_FIELD.match(f) for f in fields):
+        return (
+            f"{schedule!r} uses syntax pg_cron 1.4 does not accept (L, W, #, ? or an unknown word); "
+            "use numbers, names, '*', ranges 'a-b', lists 'a,b' and steps '/n', e.g. '*/15 * * * *'"
+        )
     if len(fields) != 5:
         return (
             f"{schedule!r} has {len(fields)} fields; pg_cron takes the 5 standard cron fields "
@@ -160,6 +171,14 @@ def _identifier_problem(value: str) -> str | None:
         f"{value!r} is not a plain PostgreSQL identifier; use 1-63 characters of lower-case "
         "letters, digits and underscores, starting with a letter or underscore"
     )
+
+
+def _ip_problem(value: str) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return f"{value!r} is not an IP address"
+    return None
 
 
 def _address_problem(value: str) -> str | None:
@@ -224,12 +243,19 @@ def load(source: ConfigSource, namespace: str) -> StackConfig:
         server = ContainerServer(
             image=r.text("image", "customer-insights/postgres-cron:15"),
             host_port=r.integer("hostPort", 55432, 1, 65535, port_hint),
-            bind_address=r.text("bindAddress", "127.0.0.1", check=None if expose else _address_problem),
+            bind_address=r.text("bindAddress", "127.0.0.1", check=_ip_problem if expose else _address_problem),
             superuser="postgres",
         )
 
-    accept = source.get_object("acceptChecksums") or []
-    if not isinstance(accept, list) or not all(isinstance(v, str) and VERSION.match(v) for v in accept):
+    try:
+        accept = source.get_object("acceptChecksums") or []
+    except Exception:  # Pulumi raises its own type error for a value that is not JSON
+        accept = None
+        r.problem("acceptChecksums", "must be a JSON list; set it with "
+                  "`pulumi config set --path 'acceptChecksums[0]' 003`")
+    if accept is None:
+        accept = []
+    elif not isinstance(accept, list) or not all(isinstance(v, str) and VERSION.match(v) for v in accept):
         r.problem("acceptChecksums", f"{accept!r} must be a list of migration versions, e.g. [\"003\"]")
         accept = []
     migrations = Migrations(

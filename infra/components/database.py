@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 import pulumi
@@ -165,9 +166,10 @@ class DatabaseAndRoles(pulumi.ComponentResource):
 
 def connection_url(host: pulumi.Input[str], port: pulumi.Input[int], database: pulumi.Input[str],
                    username: str, password: pulumi.Input[str]) -> pulumi.Output[str]:
-    """A secret postgresql:// URL (the password percent-encoded)."""
-    return pulumi.Output.secret(
-        pulumi.Output.all(host, port, database, password).apply(
-            lambda v: f"postgresql://{quote(username, safe='')}:{quote(str(v[3]), safe='')}@{v[0]}:{v[1]}/{v[2]}"
-        )
-    )
+    """A secret postgresql:// URL (the password percent-encoded, an IPv6 host bracketed)."""
+
+    def url(v: list[Any]) -> str:
+        host = f"[{v[0]}]" if ":" in str(v[0]) else str(v[0])
+        return f"postgresql://{quote(username, safe='')}:{quote(str(v[3]), safe='')}@{host}:{v[1]}/{v[2]}"
+
+    return pulumi.Output.secret(pulumi.Output.all(host, port, database, password).apply(url))

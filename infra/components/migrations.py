@@ -7,8 +7,24 @@ from typing import Any
 
 import pulumi
 
+from infra.config import ConfigError
 from infra.dynamic.migration import Migration
-from infra.migrate import load_migrations
+from infra.migrate import MigrationFile, MigrationFileError, load_migrations
+
+
+def checked_migrations(directory: str, accept_checksums: frozenset[str]) -> list[MigrationFile]:
+    """The files of `directory`, validated; called before any resource is declared."""
+    try:
+        files = load_migrations(directory)
+    except MigrationFileError as exc:
+        raise ConfigError([f"customer-insights-db:migrationsDir: {exc}"]) from exc
+    unknown = sorted(accept_checksums - {f.version for f in files})
+    if unknown:
+        raise ConfigError([
+            f"customer-insights-db:acceptChecksums: versions {unknown} have no file in {directory}; "
+            "remove them from the stack config"
+        ])
+    return files
 
 
 @dataclass
@@ -32,13 +48,7 @@ class Migrations(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: MigrationsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("customer-insights:db:Migrations", name, None, opts)
-        files = load_migrations(args.directory)
-        unknown = sorted(args.accept_checksums - {f.version for f in files})
-        if unknown:
-            raise ValueError(
-                f"migrations:acceptChecksums names versions with no file in {args.directory}: {unknown}; "
-                "remove them from the stack config"
-            )
+        files = checked_migrations(args.directory, args.accept_checksums)
         previous: Migration | None = None
         for migration in files:
             previous = Migration(

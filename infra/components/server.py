@@ -91,7 +91,9 @@ class PostgresServer(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["uploads"]),
         )
 
-        self.host = pulumi.Output.from_input(args.bind_address)
+        # Clients reach a server published on all interfaces through loopback.
+        client_host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(args.bind_address, args.bind_address)
+        self.host = pulumi.Output.from_input(client_host)
         self.port = self.container.ports.apply(
             lambda ports: int(ports[0].external) if ports and ports[0].external else args.host_port
         )

@@ -21,9 +21,9 @@ class CronJobProvider(DiffingProvider):
     # pg_cron identifies a job by its id; a new name is a new job. Everything else is altered in
     # place with cron.alter_job.
     replace_keys: ClassVar[frozenset[str]] = frozenset({"job_name"})
-    ignored_keys: ClassVar[frozenset[str]] = frozenset(
-        {"host", "port", "dbname", "user", "password", "sslmode", "job_id"}
-    )
+    # New connection details are an in-place update (a harmless alter_job) so the state keeps the
+    # credentials that delete and refresh will use.
+    ignored_keys: ClassVar[frozenset[str]] = frozenset({"job_id"})
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         with _connect(props) as conn:

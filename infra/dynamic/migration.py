@@ -16,7 +16,6 @@ from infra.dynamic.base import DiffingProvider, conninfo
 from infra.migrate import ChecksumMismatchError, MigrationFile, Migrator
 
 APPLICATION_NAME = "pulumi-migrations"
-CONNECTION_KEYS = frozenset({"host", "port", "dbname", "user", "password", "sslmode"})
 
 
 def _migration(props: dict[str, Any]) -> MigrationFile:
@@ -46,10 +45,11 @@ def _outs(props: dict[str, Any], record: Any, adopted: bool) -> dict[str, Any]:
 
 
 class MigrationProvider(DiffingProvider):
-    # A file's identity is its version and name; connection details and the keep-data switch
-    # change nothing on the server.
+    # A file's identity is its version and name. New connection details (a rotated password) or a
+    # new keep-data switch are in-place updates that run nothing: the state must hold the current
+    # ones, since destroy and refresh connect with what the state holds.
     replace_keys: ClassVar[frozenset[str]] = frozenset({"version", "name", "filename"})
-    ignored_keys: ClassVar[frozenset[str]] = CONNECTION_KEYS | frozenset(
+    ignored_keys: ClassVar[frozenset[str]] = frozenset(
         {"accept_checksum", "applied_at", "duration_ms", "applied_by", "adopted"}
     )
 
@@ -84,7 +84,7 @@ class MigrationProvider(DiffingProvider):
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         if props.get("keep_on_destroy"):
-            pulumi.log.info(f"{props['filename']}: kept (migrations:keepDataOnDestroy is true)")
+            pulumi.log.info(f"{props['filename']}: kept (customer-insights-db:keepDataOnDestroy is true)")
             return
         _migrator(props).revert(_migration(props))
 

@@ -133,7 +133,7 @@ def cmd_status(migrator: Migrator, migrations: list[MigrationFile]) -> int:
         print(
             "CHANGED: the file was edited after it was applied: restore it, or accept it with "
             "`python -m infra.migrate repair VERSION` (for pulumi up: the stack config "
-            "`migrations:acceptChecksums`)."
+            "`customer-insights-db:acceptChecksums`)."
         )
     if counts.get("NO FILE"):
         print("NO FILE: recorded in public.schema_migrations, but no sql/ file has that version.")

@@ -127,7 +127,7 @@ class ChecksumMismatchError(MigrationsError):
             f"(see its history: git log -p -- '*{self.filename}') and put the change in a new migration; "
             "or, if the edit is harmless (comments, formatting) or the database was changed by hand to "
             "match the file, accept the current checksum (a repair): add "
-            f'"{self.version}" to the stack config `migrations:acceptChecksums` and run `pulumi up` '
+            f'"{self.version}" to the stack config `customer-insights-db:acceptChecksums` and run `pulumi up` '
             f"(or, in an emergency, `python -m infra.migrate repair {self.version}`). See README."
         )
 

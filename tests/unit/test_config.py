@@ -393,3 +393,10 @@ def test_dict_source_renders_values_as_pulumi_config_does() -> None:
     assert (source.get("a"), source.get("b"), source.get("c"), source.get("d")) == ("true", "false", "5", None)
     assert source.get("missing") is None
     assert source.get_object("e") == ["003"]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("schedule", ["0 0 L * *", "0 0 * * 5#3", "5 4 * * ?", "0 0 1W * *"])
+def test_cron_syntax_pg_cron_does_not_accept_is_rejected(schedule: str) -> None:
+    problem = validate_cron_schedule(schedule)
+    assert problem is not None and "pg_cron 1.4 does not accept" in problem

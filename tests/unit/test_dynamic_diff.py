@@ -118,19 +118,21 @@ def test_migration_provider_code_change_is_no_change() -> None:
     assert_no_changes(diff_migration(migration_state(), migration_inputs(**{PROVIDER_KEY: "pickled-provider-v2"})))
 
 
+# New connection details (a rotated password) are an in-place update that runs nothing: the state
+# must hold the credentials that destroy and refresh will connect with.
 @pytest.mark.parametrize("key", sorted(CONNECTION))
-def test_migration_connection_change_is_no_change(key: str) -> None:
-    assert_no_changes(diff_migration(migration_state(), migration_inputs(**{key: OTHER_CONNECTION[key]})))
+def test_migration_connection_change_is_an_update(key: str) -> None:
+    assert_update(diff_migration(migration_state(), migration_inputs(**{key: OTHER_CONNECTION[key]})))
 
 
-def test_migration_all_connection_details_and_provider_changed_is_no_change() -> None:
+def test_migration_all_connection_details_and_provider_changed_is_an_update() -> None:
     news = migration_inputs(**OTHER_CONNECTION, **{PROVIDER_KEY: "pickled-provider-v2"})
-    assert_no_changes(diff_migration(migration_state(), news))
+    assert_update(diff_migration(migration_state(), news))
 
 
-def test_migration_unknown_password_during_preview_is_no_change() -> None:
+def test_migration_unknown_password_during_preview_is_an_update() -> None:
     # `pulumi preview` with a password that is not known yet (e.g. a regenerated RandomPassword).
-    assert_no_changes(diff_migration(migration_state(), migration_inputs(password=rpc.UNKNOWN)))
+    assert_update(diff_migration(migration_state(), migration_inputs(password=rpc.UNKNOWN)))
 
 
 def test_migration_checksum_change_raises_naming_file_and_both_checksums() -> None:
@@ -216,12 +218,12 @@ def test_cron_provider_code_change_is_no_change() -> None:
 
 
 @pytest.mark.parametrize("key", sorted(CONNECTION))
-def test_cron_connection_change_is_no_change(key: str) -> None:
-    assert_no_changes(diff_cron(cron_state(), cron_inputs(**{key: OTHER_CONNECTION[key]})))
+def test_cron_connection_change_is_an_update(key: str) -> None:
+    assert_update(diff_cron(cron_state(), cron_inputs(**{key: OTHER_CONNECTION[key]})))
 
 
-def test_cron_unknown_password_during_preview_is_no_change() -> None:
-    assert_no_changes(diff_cron(cron_state(), cron_inputs(password=rpc.UNKNOWN)))
+def test_cron_unknown_password_during_preview_is_an_update() -> None:
+    assert_update(diff_cron(cron_state(), cron_inputs(password=rpc.UNKNOWN)))
 
 
 @pytest.mark.parametrize(

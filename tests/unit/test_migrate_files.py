@@ -446,7 +446,7 @@ def test_error_messages_and_pickling() -> None:
         "sha256:aaa",
         "sha256:bbb",
         "restore",
-        "migrations:acceptChecksums",
+        "customer-insights-db:acceptChecksums",
         "README",
     ):
         assert needle in text
