@@ -234,7 +234,7 @@ def test_changed_file_status_and_repair(fresh_db: str, tmp_path: Path) -> None:
     up = cli("up", "--dir", str(tmp_path), database_url=fresh_db)
     assert up.returncode == 1
     assert "001_create_organizations.sql (version 001) was changed after it was applied" in up.stderr
-    assert "migrations:acceptChecksums" in up.stderr
+    assert "customer-insights-db:acceptChecksums" in up.stderr
     assert not table_exists(fresh_db, "more")
 
     repair = cli("repair", "001", "--dir", str(tmp_path), database_url=fresh_db)

@@ -298,7 +298,7 @@ def test_checksum_mismatch(fresh_db: str, tmp_path: Path) -> None:
         original.checksum,
         edited.checksum,
         "restore",
-        "migrations:acceptChecksums",
+        "customer-insights-db:acceptChecksums",
         "repair",
     ):
         assert needle in text
