@@ -64,8 +64,8 @@ migrations = Migrations(
         },
         accept_checksums=cfg.migrations.accept_checksums,
         keep_data_on_destroy=cfg.migrations.keep_data_on_destroy,
+        after=[db],
     ),
-    opts=pulumi.ResourceOptions(depends_on=[db]),
 )
 
 cleanup = TokenCleanupJob(

@@ -34,6 +34,9 @@ class MigrationsArgs:
     connection: dict[str, pulumi.Input[Any]]
     accept_checksums: frozenset[str] = field(default_factory=frozenset)
     keep_data_on_destroy: bool = False
+    # What must exist first (the database, its roles and grants). The first migration depends on
+    # these directly, so the state records it and destroy reverts the schema before revoking them.
+    after: list[pulumi.Resource] = field(default_factory=list)
 
 
 class Migrations(pulumi.ComponentResource):
@@ -57,7 +60,7 @@ class Migrations(pulumi.ComponentResource):
                 connection=args.connection,
                 accept_checksum=migration.version in args.accept_checksums,
                 keep_on_destroy=args.keep_data_on_destroy,
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[previous] if previous else []),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[previous] if previous else args.after),
             )
         self.last = previous
         self.versions = [f.version for f in files]

@@ -551,12 +551,12 @@ def test_each_migration_depends_on_the_previous_one(run: ProgramRun) -> None:
         assert migration_urns & set(migration.dependencies) == {previous.urn}, migration.name
 
 
-def test_migrations_component_waits_for_the_database_and_its_grants(run: ProgramRun) -> None:
-    # depends_on=[db] on the component: the SDK expands it to every resource of DatabaseAndRoles, and
-    # the Migration children register only once their parent has.
-    component = run.one(MIGRATIONS_COMPONENT, "schema")
+def test_first_migration_depends_on_the_database_and_its_grants(run: ProgramRun) -> None:
+    # after=[db]: the SDK expands the component to every resource of DatabaseAndRoles, recorded on
+    # the first Migration itself, so destroy reverts the schema before it revokes grants or drops roles.
+    first = run.migrations()[0]
     db_resources = run.children_of(run.one(DB_COMPONENT, "app-db"))
-    assert {r.urn for r in db_resources if r.custom} <= set(component.dependencies)
+    assert {r.urn for r in db_resources if r.custom} <= set(first.dependencies)
     assert any(r.type == DEFAULT_PRIVILEGES for r in db_resources)
 
 
