@@ -11,6 +11,34 @@ DATA_DIR = "/var/lib/postgresql/data"
 PASSWORD_FILE = "/etc/postgresql-secrets/superuser-password"
 
 
+def server_command(cron_database: str) -> list[str]:
+    """The container's command: pg_cron preloaded, its jobs kept in the application database."""
+    return [
+        "postgres",
+        "-c", "shared_preload_libraries=pg_cron",
+        "-c", f"cron.database_name={cron_database}",
+        # Jobs run in background workers: no libpq login (and so no password) for the job's role.
+        "-c", "cron.use_background_workers=on",
+        "-c", "max_worker_processes=32",
+    ]
+
+
+def server_envs(superuser: str) -> list[str]:
+    """The official image's contract; the password comes from a file, never from the environment."""
+    return [
+        f"POSTGRES_USER={superuser}",
+        f"POSTGRES_PASSWORD_FILE={PASSWORD_FILE}",
+        "POSTGRES_DB=postgres",
+        f"PGDATA={DATA_DIR}",
+    ]
+
+
+def healthcheck_test(superuser: str) -> list[str]:
+    # -h 127.0.0.1: during first-start initialisation the server listens on its Unix socket only,
+    # so a TCP check does not pass before it is really ready.
+    return ["CMD", "pg_isready", "-h", "127.0.0.1", "-U", superuser, "-d", "postgres"]
+
+
 @dataclass
 class PostgresServerArgs:
     image: str
@@ -57,28 +85,14 @@ class PostgresServer(pulumi.ComponentResource):
             name,
             name=f"{name}-{stack}",
             image=image.image_id,
-            envs=[
-                f"POSTGRES_USER={args.superuser}",
-                f"POSTGRES_PASSWORD_FILE={PASSWORD_FILE}",
-                "POSTGRES_DB=postgres",
-                f"PGDATA={DATA_DIR}",
-            ],
+            envs=server_envs(args.superuser),
             uploads=[docker.ContainerUploadArgs(file=PASSWORD_FILE, content=args.superuser_password)],
-            command=[
-                "postgres",
-                "-c", "shared_preload_libraries=pg_cron",
-                "-c", f"cron.database_name={args.cron_database}",
-                # Jobs run in background workers: no libpq login (and so no password) for the job's role.
-                "-c", "cron.use_background_workers=on",
-                "-c", "max_worker_processes=32",
-            ],
+            command=server_command(args.cron_database),
             ports=[docker.ContainerPortArgs(internal=5432, external=args.host_port, ip=args.bind_address)],
             volumes=[docker.ContainerVolumeArgs(volume_name=volume.name, container_path=DATA_DIR)],
             networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network.name)],
             healthcheck=docker.ContainerHealthcheckArgs(
-                # -h 127.0.0.1: during first-start initialisation the server listens on its Unix
-                # socket only, so a TCP check does not pass before it is really ready.
-                tests=["CMD", "pg_isready", "-h", "127.0.0.1", "-U", args.superuser, "-d", "postgres"],
+                tests=healthcheck_test(args.superuser),
                 interval="2s",
                 timeout="5s",
                 retries=30,
