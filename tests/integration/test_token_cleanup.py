@@ -329,3 +329,44 @@ def test_execute_is_not_granted_to_public(conn: psycopg.Connection, cleanup_role
                          "bigint, integer) FROM {}").format(sql.Identifier(cleanup_role.name)))
     with psycopg.connect(cleanup_role.dsn, autocommit=True) as job, pytest.raises(errors.InsufficientPrivilege):
         cleanup(job)
+
+
+def test_batch_delete_is_estimated_as_a_batch_not_a_share_of_the_table(conn: psycopg.Connection,
+                                                                       user_id: uuid.UUID) -> None:
+    """The planner must see each batch's DELETE as ~batch_size rows, whatever the batch's position.
+
+    A pair of row comparisons `(expires_at, id) >= lo AND (expires_at, id) < hi` alone is estimated
+    from expires_at only, as P(>= lo) * P(< hi): a quarter of the table for a batch in the middle of
+    the expired range. With expires_at uncorrelated to the heap order (as when tokens of different
+    lifetimes are mixed) that estimate turns the DELETE into a Seq Scan of the whole table, at 10 M
+    tokens 1.2 s per batch (bench/README.md). Deterministic: 30,000 rows is the whole ANALYZE sample
+    (default_statistics_target 100), the heap order is a fixed permutation, autovacuum is off for
+    the table (no re-analyze mid-run), and only estimated rows (EXPLAIN without ANALYZE) are read."""
+    conn.execute("ALTER TABLE refresh_tokens SET (autovacuum_enabled = off)")
+    conn.execute("""
+        INSERT INTO refresh_tokens (user_id, token, created_at, expires_at)
+        SELECT %(user)s, md5(g::text), e - interval '7 days', e
+          FROM (SELECT g, now() - interval '72 hours' + g * interval '12 seconds' AS e
+                  FROM generate_series(1, 30000) g) s
+         ORDER BY md5('order' || g)""", {"user": user_id})  # a fixed heap order, uncorrelated to expiry
+    conn.execute("ANALYZE refresh_tokens")
+    expired = count(conn, "expires_at < now()")
+    assert 20_000 < expired < 30_000
+    plans: list[str] = []
+    conn.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
+    conn.execute("LOAD 'auto_explain'")
+    for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_analyze = off"):
+        conn.execute(f"SET auto_explain.{setting}")
+    conn.execute("SET client_min_messages = log")
+
+    rows_deleted, batches = cleanup(conn, batch_size=1000)
+    conn.execute("RESET client_min_messages")
+
+    assert (rows_deleted, batches) == (expired, -(-expired // 1000))
+    deletes = [p for p in plans if "DELETE FROM refresh_tokens" in p]
+    assert len(deletes) == batches
+    for plan in deletes:
+        assert "Seq Scan" not in plan, plan
+        # The estimate of the scan feeding the Delete node (the Delete node itself estimates 0 rows).
+        [estimate] = re.findall(r"Scan(?: using \w+)? on refresh_tokens\s+\(cost=\S+ rows=(\d+)", plan)
+        assert int(estimate) <= 2000, plan  # batches of 1,000 (without the plain bounds: 2,800 to ~7,500)
