@@ -185,8 +185,14 @@ def schema_fingerprint(conn: psycopg.Connection) -> list[str]:
     return [r[0] for r in rows]
 
 
-def build_template(server: LocalPostgres, name: str, rows: int) -> dict[str, Any]:
-    """The template database: real schema, organizations/users, `rows` tokens, half expired."""
+def build_template(server: LocalPostgres, name: str, rows: int, layout: str = "interleaved") -> dict[str, Any]:
+    """The template database: real schema, organizations/users, `rows` tokens, half expired.
+
+    layout "interleaved": each row expired or live by a coin toss (expired rows on every page).
+    layout "clustered": rows in creation order, created_at evenly over the last 14 days and
+    expires_at = created_at + 168 h, as in production where expiry follows insertion: the expired
+    half is the first half of the heap.
+    """
     t0 = time.perf_counter()
     with admin(server) as a:
         a.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
@@ -241,6 +247,16 @@ def build_template(server: LocalPostgres, name: str, rows: int) -> dict[str, Any
             # expired rows are spread over every page. Tokens: 48 random bytes in base64 (64 chars).
             # Lifetime exactly 168 hours (the CHECK's maximum); expired ones expired 1 min..7 days
             # ago, live ones expire in 1 min..167 h.
+            if layout == "interleaved":
+                expiry = """SELECT CASE WHEN random() < 0.5
+                                        THEN now() - interval '1 minute' - random() * interval '7 days'
+                                        ELSE now() + interval '1 minute' + random() * interval '167 hours'
+                                   END AS e
+                              FROM generate_series(1, %(rows)s) g"""
+            else:  # clustered: creation order; created_at over the last 336 h, half expired
+                expiry = """SELECT now() - interval '168 hours'
+                                   + (g - 0.5) * (interval '336 hours' / %(rows)s) AS e
+                              FROM generate_series(1, %(rows)s) g ORDER BY g"""
             conn.execute(
                 """
                 INSERT INTO refresh_tokens (id, user_id, token, expires_at, created_at)
@@ -250,13 +266,9 @@ def build_template(server: LocalPostgres, name: str, rows: int) -> dict[str, Any
                                                || md5(random()::text), 'hex'), 'base64'), '+/', '-_'),
                        s.e, s.e - interval '168 hours'
                   FROM (SELECT array_agg(id) AS ids FROM users) u,
-                       LATERAL (SELECT CASE WHEN random() < 0.5
-                                            THEN now() - interval '1 minute' - random() * interval '7 days'
-                                            ELSE now() + interval '1 minute' + random() * interval '167 hours'
-                                       END AS e
-                                  FROM generate_series(1, %s) g) s
+                       LATERAL (""" + expiry + """) s
                 """,
-                (rows,),
+                {"rows": rows},
             )
         log("  re-creating the PK, indexes and FK")
         for _, ctype, cdef in sorted(cons, key=lambda c: c[1] != "p"):
@@ -297,6 +309,7 @@ def build_template(server: LocalPostgres, name: str, rows: int) -> dict[str, Any
         ).fetchone()[0]
     return {
         "database": name,
+        "layout": layout,
         "migrations": migrations,
         "schema": fingerprint,
         "organizations": n_orgs,
@@ -477,6 +490,22 @@ def _deleted_from_plan(plan: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+SYNC_PROC = "delete_expired_refresh_tokens_sync"
+
+
+def create_sync_copy(conn: psycopg.Connection) -> None:
+    """For the `ours_<N>_sync` variant: the shipped procedure minus its per-batch
+    `SET LOCAL synchronous_commit = off`, under another name (everything else identical)."""
+    src = conn.execute(
+        "SELECT pg_get_functiondef('delete_expired_refresh_tokens(integer, timestamptz, bigint, integer)'::regprocedure)"
+    ).fetchone()[0]
+    line = "SET LOCAL synchronous_commit = off;"
+    if line not in src:
+        raise RuntimeError("the shipped procedure has no per-batch SET LOCAL synchronous_commit = off")
+    src = src.replace(line, "").replace("public.delete_expired_refresh_tokens(", f"public.{SYNC_PROC}(")
+    conn.execute(src)
+
+
 def run_ours(conn: psycopg.Connection, ctx: dict[str, Any]) -> dict[str, Any]:
     batch = ctx["batch_size"]
     notices: list[tuple[float, int, float]] = []  # (client time, rows, server ms)
@@ -494,7 +523,8 @@ def run_ours(conn: psycopg.Connection, ctx: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     complete = True
     try:
-        row = conn.execute("CALL delete_expired_refresh_tokens(batch_size => %s)", (batch,)).fetchone()
+        proc = SYNC_PROC if ctx.get("sync_proc") else "delete_expired_refresh_tokens"
+        row = conn.execute(f"CALL {proc}(batch_size => %s)", (batch,)).fetchone()
     except psycopg.errors.QueryCanceled:
         complete = False
         row = (sum(n[1] for n in notices), sum(1 for n in notices if n[1] > 0))
@@ -559,6 +589,8 @@ def run_variant(server: LocalPostgres, template: str, name: str, kind: str, ctx:
             ).fetchone()
             lsn0 = wal_lsn(side)
             walst0 = side.execute(WAL_STATS_SQL).fetchone()
+            if ctx.get("sync_proc"):
+                create_sync_copy(side)
         logoff = log_offset(server)
         load = InsertLoad(dsn, ctx["insert_rate"], user_ids, hard_limit_s=max(ctx["slow_cap"], ctx["ours_cap"]) + 600)
         load.start()
@@ -638,12 +670,13 @@ def run_variant(server: LocalPostgres, template: str, name: str, kind: str, ctx:
         drop_db(server, name)
 
 
+# The batch DELETE of sql/008 before the fix (row comparisons only) ...
 OURS_DELETE_SQL = (
     "DELETE FROM refresh_tokens WHERE (expires_at, id) >= (%(lo_e)s, %(lo_i)s) "
     "AND (expires_at, id) < (%(hi_e)s, %(hi_i)s)"
 )
-# Suggested form: the same key range plus redundant scalar bounds on expires_at, which the
-# planner can pair into one range clause (it cannot estimate a pair of row comparisons as a range).
+# ... and as sql/008 now has it: the same key range plus redundant scalar bounds on expires_at, which
+# the planner pairs into one range clause (it cannot estimate a pair of row comparisons as a range).
 FIXED_DELETE_SQL = OURS_DELETE_SQL + " AND expires_at >= %(lo_e)s AND expires_at <= %(hi_e)s"
 
 
@@ -675,7 +708,7 @@ def probe_plans(server: LocalPostgres, template: str, name: str, batch: int) -> 
                     hi = (cutoff, "00000000-0000-0000-0000-000000000000")
                 params = {"lo_e": lo[0], "lo_i": lo[1], "hi_e": hi[0], "hi_i": hi[1]}
                 row: dict[str, Any] = {"fraction_done": f}
-                for label, q in (("shipped", OURS_DELETE_SQL), ("with_scalar_bounds", FIXED_DELETE_SQL)):
+                for label, q in (("before_fix", OURS_DELETE_SQL), ("with_scalar_bounds", FIXED_DELETE_SQL)):
                     t0 = time.perf_counter()
                     plan = "\n".join(
                         r[0] for r in conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + q, params).fetchall()
@@ -687,8 +720,8 @@ def probe_plans(server: LocalPostgres, template: str, name: str, batch: int) -> 
                     row[label] = {"scan": m.group(1) if m else None, "estimated_rows": int(est.group(1)) if est else None,
                                   "wall_ms": wall, "plan": plan}
                 out.append(row)
-                log(f"    probe f={f}: shipped {row['shipped']['scan']} est {row['shipped']['estimated_rows']:,} "
-                    f"{row['shipped']['wall_ms']:.0f} ms; with scalar bounds {row['with_scalar_bounds']['scan']} "
+                log(f"    probe f={f}: before fix {row['before_fix']['scan']} est {row['before_fix']['estimated_rows']:,} "
+                    f"{row['before_fix']['wall_ms']:.0f} ms; with scalar bounds (sql/008 now) {row['with_scalar_bounds']['scan']} "
                     f"{row['with_scalar_bounds']['wall_ms']:.0f} ms")
     finally:
         drop_db(server, name)
@@ -804,6 +837,9 @@ def main() -> int:
     ap.add_argument("--variants", default="reference,plain,slow,ours,ctid,explain")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     ap.add_argument("--tag", default="", help="suffix of the result file name")
+    ap.add_argument("--layout", choices=("interleaved", "clustered"), default="interleaved",
+                    help="interleaved: expired/live by coin toss on every page; clustered: creation order, "
+                    "expires_at = created_at + 168 h (expired rows are the first half of the heap)")
     args = ap.parse_args()
     sizes = args.rows or [1_000_000]
     variants = args.variants.split(",")
@@ -817,7 +853,7 @@ def main() -> int:
         for rows in sizes:
             tmpl = f"tmpl_{rows}"
             log(f"== {rows:,} tokens: building the template database")
-            data = build_template(server, tmpl, rows)
+            data = build_template(server, tmpl, rows, args.layout)
             log(
                 f"  {data['tokens']:,} tokens, {data['expired']:,} expired, heap "
                 f"{data['heap_bytes'] / 2**20:.0f} MiB, indexes {data['indexes_bytes'] / 2**20:.0f} MiB, "
@@ -841,6 +877,11 @@ def main() -> int:
                 plan.append((f"ctid_{args.ctid_pages}p", "ctid", {"ctid_pages": args.ctid_pages}))
             # Suggestions measured without touching sql/: the cleanup session with
             # synchronous_commit = off (the inserts stay synchronous).
+            # The shipped procedure commits each batch with synchronous_commit = off; `ours_sync`
+            # runs a copy of it without that SET LOCAL, to measure what it buys.
+            if "ours_sync" in variants:
+                for b in batch_sizes:
+                    plan.append((f"ours_{b}_sync", "ours", {"batch_size": b, "sync_proc": True}))
             if "ours_async" in variants:
                 for b in batch_sizes:
                     plan.append((f"ours_{b}_async", "ours", {"batch_size": b, "async_commit": True}))
@@ -874,6 +915,15 @@ def main() -> int:
             if "explain" in variants:
                 log("  explain pass (auto_explain) for ours")
                 doc["explain_ours"] = explain_ours(server, tmpl, "run_explain", batch_sizes[0], args.ours_cap)
+                pb = doc["explain_ours"]["per_batch"]
+                kinds: dict[str, list[int]] = {}
+                for b in pb:
+                    kinds.setdefault(f"DELETE {b['delete_plan']} / SELECT {b['select_plan']}", []).append(b["batch"])
+                for k, v in kinds.items():
+                    log(f"    {k}: {len(v)} batches ({v[0]}..{v[-1]})")
+                if pb:
+                    log(f"    slowest DELETE {max(b['delete_ms'] for b in pb):.1f} ms, slowest SELECT "
+                        f"{max(b['select_ms'] for b in pb):.1f} ms (instrumented)")
             out_path.write_text(json.dumps(doc, indent=1, default=str))
             log(f"  wrote {out_path}")
             drop_db(server, tmpl)
