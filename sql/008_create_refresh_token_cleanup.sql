@@ -42,11 +42,11 @@ CREATE TABLE refresh_token_cleanup_runs (
 -- there for the planner: it estimates a row comparison from its first column alone and cannot
 -- pair two of them into a range, so `(expires_at, id) >= lo AND (expires_at, id) < hi` was
 -- estimated as P(expires_at >= lo) * P(expires_at < hi), up to a quarter of the table for a
--- 5,000-row batch. From about 2 M tokens that made the DELETE a Seq Scan of the whole table for
--- every batch past the first ~20 % (1.2 s per batch at 10 M tokens; bench/README.md). A pair of
--- plain bounds on one column is estimated as a range (histogram), about batch_size rows, so
--- every batch keeps the index range scan. tests/integration/test_token_cleanup.py checks the
--- estimate.
+-- 5,000-row batch. At 10 M tokens (not yet at 1 M) that made the DELETE a Seq Scan of the
+-- table for every batch past the first ~20 % (1.2 s per batch; bench/README.md). A pair of plain
+-- bounds on one column is estimated as a range from the histogram (~1,200-1,400 rows for a
+-- 5,000-row batch, the row comparisons' factors still applying), so every batch keeps the index
+-- range scan. tests/integration/test_token_cleanup.py checks the estimate.
 --
 -- Each batch commits with synchronous_commit = off (SET LOCAL: that batch's transaction only).
 -- A crash can lose only the last few batches' deletions (at most ~3 x wal_writer_delay of
