@@ -113,7 +113,7 @@ def pct(values: list[float], p: float) -> float | None:
     if not values:
         return None
     s = sorted(values)
-    k = max(0, min(len(s) - 1, int(round(p / 100.0 * len(s) + 0.5)) - 1))
+    k = max(0, min(len(s) - 1, round(p / 100.0 * len(s) + 0.5) - 1))
     return s[k]
 
 
@@ -381,9 +381,8 @@ class InsertLoad(threading.Thread):
                     now = time.perf_counter()
                     if now - t0 > self.hard_limit_s:
                         break
-                    if sched > now:
-                        if self.stop_evt.wait(sched - now):
-                            break
+                    if sched > now and self.stop_evt.wait(sched - now):
+                        break
                     uid = self.user_ids[rng.randrange(len(self.user_ids))]
                     token = secrets.token_urlsafe(48)
                     sent = time.perf_counter()
@@ -650,11 +649,11 @@ def run_variant(server: LocalPostgres, template: str, name: str, kind: str, ctx:
                 "txn_stats": txn_stats(res["txn_ms"]),
                 "insert_latency": load.stats(start, end),
                 "wal_bytes": wal,
-                "pg_stat_wal_delta": {c: float(b - a) for c, a, b in zip(WAL_STATS_COLS, walst0, walst1)},
+                "pg_stat_wal_delta": {c: float(b - a) for c, a, b in zip(WAL_STATS_COLS, walst0, walst1, strict=False)},
                 "expired_rows_left": remaining,
                 "autovacuum_runs_during": stat1[1] - stat0[1],
-                "autovacuum_log": [l for l in serverlog.splitlines() if "automatic vacuum of table" in l],
-                "checkpoints_during": [l for l in serverlog.splitlines() if "checkpoint starting" in l],
+                "autovacuum_log": [line for line in serverlog.splitlines() if "automatic vacuum of table" in line],
+                "checkpoints_during": [line for line in serverlog.splitlines() if "checkpoint starting" in line],
                 "pg_stat_statements": [
                     {
                         "query": r[0][:300], "toplevel": r[1], "calls": r[2], "total_ms": float(r[3]),
@@ -799,11 +798,12 @@ def explain_ours(server: LocalPostgres, template: str, name: str, batch: int, ca
 def machine_info(server: LocalPostgres) -> dict[str, Any]:
     with admin(server) as a:
         version = a.execute("SELECT version()").fetchone()[0]
-        names = list(DURABLE_SETTINGS) + [
-            "wal_level", "checkpoint_timeout", "work_mem", "maintenance_work_mem", "autovacuum",
-            "autovacuum_vacuum_scale_factor", "autovacuum_vacuum_cost_limit", "random_page_cost",
-            "effective_cache_size", "wal_buffers", "max_parallel_workers_per_gather",
-            "shared_preload_libraries", "pg_stat_statements.track", "wal_sync_method",
+        names = [
+            *DURABLE_SETTINGS,
+            "wal_level", "checkpoint_timeout", "work_mem", "maintenance_work_mem",
+            "autovacuum", "autovacuum_vacuum_scale_factor", "autovacuum_vacuum_cost_limit", "random_page_cost",
+            "effective_cache_size", "wal_buffers", "max_parallel_workers_per_gather", "shared_preload_libraries",
+            "pg_stat_statements.track", "wal_sync_method",
         ]
         settings = {n: a.execute(sql.SQL("SHOW {}").format(sql.Identifier(*n.split(".")))).fetchone()[0] for n in names}
     mem = None

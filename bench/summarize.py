@@ -15,7 +15,8 @@ def f(v: float | None, nd: int = 1) -> str:
 
 
 def table(path: str) -> str:
-    d = json.load(open(path))
+    with open(path) as f:
+        d = json.load(f)
     res = d["results"]
     plain = res.get("plain", {}).get("total_s")
     ref = res.get("reference", {}).get("insert_latency", {}).get("service_ms", {})
