@@ -49,12 +49,17 @@ def workspace_env(backend_url: str) -> dict[str, str]:
     return env
 
 
-def required_plugins() -> dict[str, str]:
-    """Provider plugins of the program, at the versions pinned in bootstrap/versions.env."""
-    pins = dict(
+def toolchain_pins() -> dict[str, str]:
+    """The variables of bootstrap/versions.env, the one place toolchain versions are pinned."""
+    return dict(
         line.split("=", 1) for line in (REPO / "bootstrap" / "versions.env").read_text().splitlines()
         if "=" in line and not line.startswith("#")
     )
+
+
+def required_plugins() -> dict[str, str]:
+    """Provider plugins of the program, at their pinned versions."""
+    pins = toolchain_pins()
     return {name: pins[f"PULUMI_{name.upper()}_VERSION"] for name in ("docker", "postgresql", "random")}
 
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import psycopg
+import pulumi
 from pulumi.dynamic import DiffResult, ResourceProvider
 
 # Every dynamic resource stores its pickled provider under this key; a change of the provider's
@@ -46,3 +47,13 @@ def conninfo(props: Mapping[str, Any], *, application_name: str) -> str:
         connect_timeout=15,
         application_name=application_name,
     )
+
+
+def secret_connection(connection: Mapping[str, pulumi.Input[Any]]) -> dict[str, Any]:
+    """Connection inputs with the password wrapped as a secret (it is pickled into the state)."""
+    return {**connection, "password": pulumi.Output.secret(connection["password"])}
+
+
+def password_kept_secret(opts: pulumi.ResourceOptions | None) -> pulumi.ResourceOptions:
+    """Options that keep the password secret in the outputs too: delete and refresh read it there."""
+    return pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["password"]))

@@ -8,7 +8,7 @@ import psycopg
 import pulumi
 from pulumi.dynamic import CreateResult, ReadResult, Resource, UpdateResult
 
-from infra.dynamic.base import DiffingProvider, conninfo
+from infra.dynamic.base import DiffingProvider, conninfo, password_kept_secret, secret_connection
 
 APPLICATION_NAME = "pulumi-cron-job"
 
@@ -88,8 +88,7 @@ class CronJob(Resource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         props: dict[str, Any] = {
-            **connection,
-            "password": pulumi.Output.secret(connection["password"]),
+            **secret_connection(connection),
             "job_name": job_name,
             "schedule": schedule,
             "command": command,
@@ -98,5 +97,4 @@ class CronJob(Resource):
             "active": active,
             "job_id": None,
         }
-        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["password"]))
-        super().__init__(CronJobProvider(), resource_name, props, opts)
+        super().__init__(CronJobProvider(), resource_name, props, password_kept_secret(opts))

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, Resource, UpdateResult
 
-from infra.dynamic.base import DiffingProvider, conninfo
+from infra.dynamic.base import DiffingProvider, conninfo, password_kept_secret, secret_connection
 from infra.migrate import ChecksumMismatchError, MigrationFile, Migrator
 
 APPLICATION_NAME = "pulumi-migrations"
@@ -118,8 +118,7 @@ class Migration(Resource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         props: dict[str, Any] = {
-            **connection,
-            "password": pulumi.Output.secret(connection["password"]),
+            **secret_connection(connection),
             "version": migration.version,
             "name": migration.name,
             "filename": migration.filename,
@@ -134,5 +133,4 @@ class Migration(Resource):
             "applied_by": None,
             "adopted": None,
         }
-        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["password"]))
-        super().__init__(MigrationProvider(), resource_name, props, opts)
+        super().__init__(MigrationProvider(), resource_name, props, password_kept_secret(opts))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,7 +15,7 @@ import pytest
 from psycopg import sql
 from pulumi import automation as auto
 
-from scripts.stack import workspace_env
+from scripts.stack import missing_plugins, toolchain_pins, workspace_env
 from tests.support.local_postgres import ServerAddress
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,25 +23,11 @@ PROJECT = "customer-insights-e2e"
 PASSPHRASE = "e2e-test-passphrase"
 
 
-def _versions() -> dict[str, str]:
-    values = {}
-    for line in (REPO / "bootstrap" / "versions.env").read_text().splitlines():
-        if "=" in line and not line.lstrip().startswith("#"):
-            key, value = line.split("=", 1)
-            values[key.strip()] = value.strip()
-    return values
-
-
 def pulumi_bin_dir() -> Path:
     cache = os.environ.get("CUSTOMER_INSIGHTS_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "customer-insights-pg"
     )
-    return Path(cache) / f"pulumi-v{_versions()['PULUMI_CLI_VERSION']}" / "bin"
-
-
-def installed_plugins(cli: auto.PulumiCommand) -> set[str]:
-    result = subprocess.run([cli.command, "plugin", "ls"], capture_output=True, text=True, check=False)
-    return {line.split()[0] for line in result.stdout.splitlines()[1:] if line.strip()}
+    return Path(cache) / f"pulumi-v{toolchain_pins()['PULUMI_CLI_VERSION']}" / "bin"
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +63,13 @@ class StackFactory:
             stack.set_all_config(config)
         self.stacks.append(stack)
         return stack
+
+
+@pytest.fixture
+def provider_plugins(pulumi_cli: auto.PulumiCommand) -> None:
+    """Skips, naming them, when the docker/postgresql/random plugins are not installed."""
+    if missing := missing_plugins():
+        pytest.skip(f"provider plugins not installed ({', '.join(missing)}): not buildable here, README 'Blocked here'")
 
 
 @pytest.fixture

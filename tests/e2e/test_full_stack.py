@@ -18,7 +18,6 @@ import psycopg
 import pytest
 from pulumi import automation as auto
 
-from scripts.stack import required_plugins
 from tests.e2e.conftest import assert_not_in_state
 from tests.support.local_postgres import LocalPostgres, ServerAddress, free_port
 
@@ -26,15 +25,6 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = "customer-insights-db"
-
-
-@pytest.fixture
-def plugins(pulumi_cli: auto.PulumiCommand) -> None:
-    listing = subprocess.run([pulumi_cli.command, "plugin", "ls"], capture_output=True, text=True, check=False)
-    installed = {tuple(line.split()[:2]) for line in listing.stdout.splitlines()[1:] if line.strip()}
-    missing = [f"{n} {v}" for n, v in required_plugins().items() if (n, v) not in installed]
-    if missing:
-        pytest.skip(f"provider plugins not installed ({', '.join(missing)}): not buildable here, README 'Blocked here'")
 
 
 def program() -> None:
@@ -92,7 +82,7 @@ def full_cycle(stack: auto.Stack, backend: Path) -> dict[str, Any]:
     return outputs
 
 
-def test_container_mode_up_preview_destroy(plugins, new_stack):
+def test_container_mode_up_preview_destroy(provider_plugins, new_stack):
     stack = stack_of(new_stack, {"hostPort": free_port(), "cleanupSchedule": "* * * * *"})
     full_cycle(stack, new_stack.backend)
     stack.destroy(color="never")
@@ -100,7 +90,7 @@ def test_container_mode_up_preview_destroy(plugins, new_stack):
         assert docker_names(kind, stack.name) == [], f"{kind} of {stack.name} left behind"
 
 
-def test_external_mode_on_a_server_started_on_this_machine(plugins, new_stack, local_postgres):
+def test_external_mode_on_a_server_started_on_this_machine(provider_plugins, new_stack, local_postgres):
     admin: ServerAddress = local_postgres.address
     database = f"ext_{uuid.uuid4().hex[:8]}"
     # pg_cron lives in the session server's cron database; the job runs in the application database.

@@ -3,7 +3,6 @@ and (when installed) the three provider plugins, through up / preview / destroy.
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 
 import psycopg
@@ -11,7 +10,6 @@ import pulumi
 import pytest
 from pulumi import automation as auto
 
-from scripts.stack import required_plugins
 from tests.e2e.conftest import assert_not_in_state
 from tests.support.local_postgres import free_port
 from tests.support.smoke_provider import Marker
@@ -35,12 +33,7 @@ def test_engine_and_dynamic_provider_host(new_stack):
     assert destroy.summary.resource_changes == {"delete": 2}
 
 
-def test_all_three_provider_plugins(new_stack, pulumi_cli):
-    listing = subprocess.run([pulumi_cli.command, "plugin", "ls"], capture_output=True, text=True, check=False)
-    installed = {tuple(line.split()[:2]) for line in listing.stdout.splitlines()[1:] if line.strip()}
-    missing = [f"{n} {v}" for n, v in required_plugins().items() if (n, v) not in installed]
-    if missing:
-        pytest.skip(f"provider plugins not installed ({', '.join(missing)}): not buildable here, README 'Blocked here'")
+def test_all_three_provider_plugins(provider_plugins, new_stack):
     import pulumi_docker as docker
     import pulumi_postgresql as postgresql
     import pulumi_random as random
