@@ -11,6 +11,7 @@ import pulumi_random as random
 from infra import config as stack_config
 from infra.components.database import AdminConnection, DatabaseAndRoles, DatabaseAndRolesArgs, connection_url
 from infra.components.migrations import Migrations, MigrationsArgs, checked_migrations
+from infra.components.privileges import PrivilegeSequence
 from infra.components.scheduled_job import ScheduledJobArgs, TokenCleanupJob
 from infra.components.server import PostgresServer, PostgresServerArgs
 from infra.preflight import check_external_server
@@ -48,9 +49,12 @@ else:
         sslmode="disable", database="postgres", superuser=True,
     )
 
+# One sequence for every grant of the program: no two privilege changes ever run at once.
+privileges = PrivilegeSequence()
 db = DatabaseAndRoles(
     "app-db",
-    DatabaseAndRolesArgs(admin=admin, database=cfg.database, roles=cfg.roles, password_length=cfg.password_length),
+    DatabaseAndRolesArgs(admin=admin, database=cfg.database, roles=cfg.roles, password_length=cfg.password_length,
+                         privileges=privileges),
 )
 owner = db.credentials["owner"]
 
@@ -84,6 +88,7 @@ cleanup = TokenCleanupJob(
         enabled=cfg.cleanup_job.enabled,
         batch_size=cfg.cleanup_job.batch_size,
         after=[migrations],
+        privileges=privileges,
     ),
 )
 
@@ -93,10 +98,13 @@ pulumi.export("host", admin.host)
 pulumi.export("port", admin.port)
 pulumi.export("database", db.database.name)
 pulumi.export("roles", {purpose: c.username for purpose, c in db.credentials.items()})
+# Secret as a whole, not only value by value: tools reading the outputs see it is a credential.
 pulumi.export(
     "connection_urls",
-    {purpose: connection_url(admin.host, admin.port, db.database.name, c.username, c.password)
-     for purpose, c in db.credentials.items()},
+    pulumi.Output.secret(pulumi.Output.all(**{
+        purpose: connection_url(admin.host, admin.port, db.database.name, c.username, c.password)
+        for purpose, c in db.credentials.items()
+    })),
 )
 pulumi.export(
     "env",

@@ -10,6 +10,7 @@ import pulumi
 import pulumi_postgresql as postgresql
 import pulumi_random as random
 
+from infra.components.privileges import PrivilegeSequence
 from infra.config import RoleNames
 
 TABLE_WRITE = ["SELECT", "INSERT", "UPDATE", "DELETE"]
@@ -35,6 +36,8 @@ class DatabaseAndRolesArgs:
     database: str
     roles: RoleNames
     password_length: int
+    # Shared by every component that grants privileges: see infra/components/privileges.py.
+    privileges: PrivilegeSequence
 
 
 @dataclass
@@ -112,34 +115,35 @@ class DatabaseAndRoles(pulumi.ComponentResource):
         )
         in_database = pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[self.database])
 
+        grants = args.privileges
         # An empty privilege list revokes everything PUBLIC had on the database (CONNECT, TEMP).
-        postgresql.Grant(
+        grants.then(postgresql.Grant(
             f"{name}-revoke-public",
             database=self.database.name,
             role="public",
             object_type="database",
             privileges=[],
-            opts=in_database,
-        )
+            opts=grants.options(in_database),
+        ))
         for purpose in ("app", "readonly", "cleanup"):
             role = roles[purpose]
-            postgresql.Grant(
+            grants.then(postgresql.Grant(
                 f"{name}-{purpose}-connect",
                 database=self.database.name,
                 role=role.name,
                 object_type="database",
                 privileges=["CONNECT"],
-                opts=in_database,
-            )
-            postgresql.Grant(
+                opts=grants.options(in_database),
+            ))
+            grants.then(postgresql.Grant(
                 f"{name}-{purpose}-schema-usage",
                 database=self.database.name,
                 role=role.name,
                 schema=SCHEMA,
                 object_type="schema",
                 privileges=["USAGE"],
-                opts=in_database,
-            )
+                opts=grants.options(in_database),
+            ))
 
         # Tables and sequences the owner creates later (the migrations) get these grants
         # automatically. The cleanup role gets none: its few grants name single objects.
@@ -149,7 +153,7 @@ class DatabaseAndRoles(pulumi.ComponentResource):
             ("readonly", "table", ["SELECT"]),
             ("readonly", "sequence", ["SELECT"]),
         ):
-            postgresql.DefaultPrivileges(
+            grants.then(postgresql.DefaultPrivileges(
                 f"{name}-{purpose}-default-{object_type}",
                 database=self.database.name,
                 owner=roles["owner"].name,
@@ -157,8 +161,8 @@ class DatabaseAndRoles(pulumi.ComponentResource):
                 schema=SCHEMA,
                 object_type=object_type,
                 privileges=privileges,
-                opts=in_database,
-            )
+                opts=grants.options(in_database),
+            ))
 
         self.roles = roles
         self.register_outputs({"database": self.database.name, "roles": {k: r.name for k, r in roles.items()}})

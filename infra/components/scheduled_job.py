@@ -8,6 +8,7 @@ from typing import Any
 import pulumi
 import pulumi_postgresql as postgresql
 
+from infra.components.privileges import PrivilegeSequence
 from infra.dynamic.cron_job import CronJob
 
 CLEANUP_PROCEDURE = "delete_expired_refresh_tokens"
@@ -26,6 +27,7 @@ class ScheduledJobArgs:
     enabled: bool
     batch_size: int
     after: list[pulumi.Resource]  # the migrations that create the table and the procedure
+    privileges: PrivilegeSequence  # see infra/components/privileges.py
 
 
 class TokenCleanupJob(pulumi.ComponentResource):
@@ -44,25 +46,19 @@ class TokenCleanupJob(pulumi.ComponentResource):
             f"{name}-pg-cron", name="pg_cron", database=args.cron_database, opts=on_server
         )
 
+        sequence = args.privileges
         grants = [
-            postgresql.Grant(
-                f"{name}-delete-tokens", database=args.database, role=args.run_as, schema="public",
-                object_type="table", objects=["refresh_tokens"], privileges=["DELETE"], opts=on_server,
-            ),
-            postgresql.Grant(
-                f"{name}-read-token-expiry", database=args.database, role=args.run_as, schema="public",
-                object_type="column", objects=["refresh_tokens"], columns=["id", "expires_at"],
-                privileges=["SELECT"], opts=on_server,
-            ),
-            postgresql.Grant(
-                f"{name}-record-runs", database=args.database, role=args.run_as, schema="public",
-                object_type="table", objects=["refresh_token_cleanup_runs"], privileges=["INSERT"],
-                opts=on_server,
-            ),
-            postgresql.Grant(
-                f"{name}-call-procedure", database=args.database, role=args.run_as, schema="public",
-                object_type="procedure", objects=[CLEANUP_PROCEDURE], privileges=["EXECUTE"], opts=on_server,
-            ),
+            sequence.then(postgresql.Grant(f"{name}-{grant_name}", database=args.database, role=args.run_as,
+                                           schema="public", opts=sequence.options(on_server), **grant))
+            for grant_name, grant in (
+                ("delete-tokens", {"object_type": "table", "objects": ["refresh_tokens"], "privileges": ["DELETE"]}),
+                ("read-token-expiry", {"object_type": "column", "objects": ["refresh_tokens"],
+                                       "columns": ["id", "expires_at"], "privileges": ["SELECT"]}),
+                ("record-runs", {"object_type": "table", "objects": ["refresh_token_cleanup_runs"],
+                                 "privileges": ["INSERT"]}),
+                ("call-procedure", {"object_type": "procedure", "objects": [CLEANUP_PROCEDURE],
+                                    "privileges": ["EXECUTE"]}),
+            )
         ]
 
         self.job = CronJob(

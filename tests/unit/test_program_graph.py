@@ -660,6 +660,77 @@ def test_cleanup_role_grants_are_exactly_what_the_job_needs(run: ProgramRun) -> 
     assert not [d for d in run.of_type(DEFAULT_PRIVILEGES) if d["role"] == ROLES["cleanup"]]
 
 
+# ---------------------------------------------------------------------------------------------- grant race
+
+PRIVILEGE_TYPES = (GRANT, DEFAULT_PRIVILEGES)
+
+
+def acl_rows(resource: Registration) -> set[tuple[str, ...]]:
+    """The catalog rows holding the access list that a privilege resource rewrites."""
+    database = resource["database"]
+    if resource.type == DEFAULT_PRIVILEGES:
+        return {("default-acl", database, resource["owner"], resource.get("schema") or "", resource["objectType"])}
+    kind = resource["objectType"]
+    if kind == "database":
+        return {("database", database)}
+    if kind == "schema":
+        return {("schema", database, resource["schema"])}
+    # tables, columns (the table's attribute rows), sequences, functions, procedures; none listed: all
+    return {("object", database, resource["schema"], name) for name in resource.get("objects") or ["*"]}
+
+
+def rows_overlap(a: set[tuple[str, ...]], b: set[tuple[str, ...]]) -> bool:
+    return any(
+        x == y or (x[0] == y[0] == "object" and x[:3] == y[:3] and "*" in (x[3], y[3]))
+        for x in a for y in b
+    )
+
+
+def upstream_of(run: ProgramRun, resource: Registration) -> set[str]:
+    """Every URN `resource` waits for, directly or through other resources."""
+    seen: set[str] = set()
+    todo = list(resource.dependencies)
+    while todo:
+        urn = todo.pop()
+        if urn in seen:
+            continue
+        seen.add(urn)
+        todo.extend(run.by_urn(urn).dependencies)  # KeyError: a dependency never registered
+    return seen
+
+
+def concurrent_privilege_pairs(run: ProgramRun) -> list[tuple[str, str]]:
+    """Pairs of privilege resources on one catalog row that the engine could run at the same time."""
+    privileges = [r for r in run.resources if r.type in PRIVILEGE_TYPES]
+    upstream = {r.urn: upstream_of(run, r) for r in privileges}
+    return [
+        (a.name, b.name)
+        for a, b in itertools.combinations(privileges, 2)
+        if rows_overlap(acl_rows(a), acl_rows(b)) and a.urn not in upstream[b.urn] and b.urn not in upstream[a.urn]
+    ]
+
+
+def test_no_two_privilege_resources_on_one_object_can_run_at_once(run: ProgramRun) -> None:
+    # pulumi/pulumi-postgresql#831: "tuple concurrently updated" when two of them change one ACL at once
+    assert len(run.of_type(GRANT)) + len(run.of_type(DEFAULT_PRIVILEGES)) >= 15
+    assert concurrent_privilege_pairs(run) == []
+
+
+def test_the_concurrency_check_finds_unordered_grants_on_one_object(run: ProgramRun) -> None:
+    # The same program with the ordering taken away: the check above must report the races.
+    unordered = ProgramRun(
+        [Registration(**{**r.__dict__, "dependencies": []}) if r.type in PRIVILEGE_TYPES else r
+         for r in run.resources],
+        run.outputs, run.export_is_secret,
+    )
+    pairs = concurrent_privilege_pairs(unordered)
+    assert ("app-db-revoke-public", "app-db-app-connect") in pairs
+    assert ("app-db-app-schema-usage", "app-db-readonly-schema-usage") in pairs
+    assert ("token-cleanup-delete-tokens", "token-cleanup-read-token-expiry") in pairs
+    # different objects are no race
+    assert ("app-db-app-connect", "app-db-app-schema-usage") not in pairs
+
+
 def test_exports(run: ProgramRun) -> None:
     assert set(run.outputs) == {
         "mode", "host", "port", "database", "roles", "connection_urls", "env", "migrations", "cleanup_job",
