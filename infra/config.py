@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+import pulumi
 from croniter import croniter
 
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -28,8 +29,11 @@ MODES = ("container", "external")
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
-class ConfigError(ValueError):
-    """One or more invalid config values; the message lists each key, its problem and the fix."""
+class ConfigError(pulumi.RunError, ValueError):
+    """One or more invalid config values; the message lists each key, its problem and the fix.
+
+    A RunError: Pulumi reports it as the message alone, without a Python traceback.
+    """
 
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = list(problems)

@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import psycopg
+import pulumi
 
 MIN_SERVER_VERSION = 130000  # gen_random_uuid() is built in from PostgreSQL 13
 
 
-class PreflightError(RuntimeError):
-    pass
+class PreflightError(pulumi.RunError):
+    """The server cannot host this stack. A RunError: Pulumi shows the message without a traceback."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ def check_external_server(
         ).fetchone()
         preload = str(conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()[0])  # type: ignore[index]
         cron_database = conn.execute("SELECT current_setting('cron.database_name', true)").fetchone()[0]  # type: ignore[index]
+        cron_database = str(cron_database or "postgres")  # pg_cron's default
+        cron_database_exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (cron_database,)
+        ).fetchone() is not None
     if not available or "pg_cron" not in [lib.strip() for lib in preload.split(",")]:
         raise PreflightError(
             f"pg_cron is not enabled on {host}:{port} (shared_preload_libraries = {preload!r}); the token "
@@ -57,4 +62,23 @@ def check_external_server(
             "  - Azure Flexible Server: allow-list pg_cron (azure.extensions) and add it to shared_preload_libraries\n"
             "Nothing was created."
         )
-    return ServerFacts(version=version, cron_database=str(cron_database or "postgres"))
+    # The extension and the job are created in pg_cron's own database, whatever its operator named it.
+    where_cron = f"{host}:{port}/{cron_database}"
+    if not cron_database_exists:
+        raise PreflightError(
+            f"pg_cron runs in database {cron_database!r} (cron.database_name on {host}:{port}), which does not "
+            f"exist. Create it (CREATE DATABASE {cron_database}) or point cron.database_name at an existing "
+            "database and restart the server, then run `pulumi preview` again. Nothing was created."
+        )
+    try:
+        psycopg.connect(
+            host=host, port=port, user=user, password=password, dbname=cron_database, sslmode=sslmode,
+            connect_timeout=15, application_name="pulumi-preflight",
+        ).close()
+    except psycopg.OperationalError as exc:
+        raise PreflightError(
+            f"Cannot connect to pg_cron's database as {user}@{where_cron}: {str(exc).strip()}\n"
+            f"The admin user must be able to connect to {cron_database!r} (cron.database_name) to create the "
+            "pg_cron extension and schedule the job: GRANT CONNECT ON DATABASE to it. Nothing was created."
+        ) from exc
+    return ServerFacts(version=version, cron_database=cron_database)

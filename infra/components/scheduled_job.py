@@ -47,18 +47,20 @@ class TokenCleanupJob(pulumi.ComponentResource):
         )
 
         sequence = args.privileges
+
+        def grant(suffix: str, object_type: str, objects: list[str], privileges: list[str],
+                  columns: list[str] | None = None) -> postgresql.Grant:
+            return sequence.then(postgresql.Grant(
+                f"{name}-{suffix}", database=args.database, role=args.run_as, schema="public",
+                object_type=object_type, objects=objects, columns=columns, privileges=privileges,
+                opts=sequence.options(on_server),
+            ))
+
         grants = [
-            sequence.then(postgresql.Grant(f"{name}-{grant_name}", database=args.database, role=args.run_as,
-                                           schema="public", opts=sequence.options(on_server), **grant))
-            for grant_name, grant in (
-                ("delete-tokens", {"object_type": "table", "objects": ["refresh_tokens"], "privileges": ["DELETE"]}),
-                ("read-token-expiry", {"object_type": "column", "objects": ["refresh_tokens"],
-                                       "columns": ["id", "expires_at"], "privileges": ["SELECT"]}),
-                ("record-runs", {"object_type": "table", "objects": ["refresh_token_cleanup_runs"],
-                                 "privileges": ["INSERT"]}),
-                ("call-procedure", {"object_type": "procedure", "objects": [CLEANUP_PROCEDURE],
-                                    "privileges": ["EXECUTE"]}),
-            )
+            grant("delete-tokens", "table", ["refresh_tokens"], ["DELETE"]),
+            grant("read-token-expiry", "column", ["refresh_tokens"], ["SELECT"], columns=["id", "expires_at"]),
+            grant("record-runs", "table", ["refresh_token_cleanup_runs"], ["INSERT"]),
+            grant("call-procedure", "procedure", [CLEANUP_PROCEDURE], ["EXECUTE"]),
         ]
 
         self.job = CronJob(

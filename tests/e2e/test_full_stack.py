@@ -1,9 +1,5 @@
-"""The whole program (`__main__.py`) through the real engine, in container and external mode.
-
-These need the docker, postgresql and random provider plugins. The bootstrap cannot build them on
-this machine kind (README, "Blocked here"), so without them these tests skip, naming what is
-missing; everything they do not need is covered by the other e2e tests.
-"""
+"""The whole program (`__main__.py`) through the real engine, in container and external mode, with
+the docker, postgresql and random plugins the bootstrap builds (a missing plugin fails the test)."""
 
 from __future__ import annotations
 
@@ -18,7 +14,7 @@ import psycopg
 import pytest
 from pulumi import automation as auto
 
-from tests.e2e.conftest import assert_not_in_state
+from tests.e2e.conftest import assert_not_in_state, clean_up_stack, docker_leftovers
 from tests.support.local_postgres import LocalPostgres, ServerAddress, free_port
 
 pytestmark = pytest.mark.e2e
@@ -36,13 +32,6 @@ def program() -> None:
 def stack_of(new_stack, config: dict[str, Any]) -> auto.Stack:
     return new_stack(program, {k: auto.ConfigValue(value=str(v), secret=k == "externalAdminPassword")
                                for k, v in config.items()}, project=PROJECT)
-
-
-def docker_names(kind: str, stack_name: str) -> list[str]:
-    fmt = "{{.Names}}" if kind == "container" else "{{.Name}}"
-    args = ["docker", kind, "ls", "--format", fmt] + (["-a"] if kind == "container" else [])
-    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout.split()
-    return [name for name in out if stack_name in name]
 
 
 def role_can(url: str, statement: str) -> bool:
@@ -70,7 +59,9 @@ def prove_privileges(urls: dict[str, str]) -> None:
 def full_cycle(stack: auto.Stack, backend: Path) -> dict[str, Any]:
     up = stack.up(color="never")
     outputs = {k: v.value for k, v in up.outputs.items()}
+    # Every output that carries a password is secret as a whole, not only value by value.
     assert up.outputs["env"].secret and up.outputs["connection_urls"].secret
+    assert not any(up.outputs[name].secret for name in ("host", "port", "database", "roles", "migrations"))
     assert set(outputs["env"]) == {"POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_DB", "POSTGRES_USER",
                                    "POSTGRES_PASSWORD", "DATABASE_URL"}
     prove_privileges(outputs["connection_urls"])
@@ -85,49 +76,103 @@ def full_cycle(stack: auto.Stack, backend: Path) -> dict[str, Any]:
 def test_container_mode_up_preview_destroy(provider_plugins, new_stack):
     stack = stack_of(new_stack, {"hostPort": free_port(), "cleanupSchedule": "* * * * *"})
     full_cycle(stack, new_stack.backend)
+    assert docker_leftovers(stack.name)["container"], "the container was not found by its label or name"
     stack.destroy(color="never")
-    for kind in ("container", "volume", "network"):
-        assert docker_names(kind, stack.name) == [], f"{kind} of {stack.name} left behind"
+    assert docker_leftovers(stack.name) == {"container": [], "volume": [], "network": []}
 
 
-def test_external_mode_on_a_server_started_on_this_machine(provider_plugins, new_stack, local_postgres):
-    admin: ServerAddress = local_postgres.address
-    database = f"ext_{uuid.uuid4().hex[:8]}"
-    # pg_cron lives in the session server's cron database; the job runs in the application database.
-    stack = stack_of(new_stack, {
-        "mode": "external", "databaseName": database, "rolePrefix": f"x{uuid.uuid4().hex[:6]}",
-        "externalHost": admin.host, "externalPort": admin.port, "externalAdminUser": admin.user,
-        "externalAdminPassword": admin.password, "externalSslMode": "disable",
-        "externalAdminIsSuperuser": "true",
-    })
-    full_cycle(stack, new_stack.backend)
-    stack.destroy(color="never")
-    with psycopg.connect(admin.dsn()) as conn:
-        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (database,)).fetchone() == (0,)
+def operator_server(cron_database: str, *, create_it: bool) -> LocalPostgres:
+    """A server run as an operator would: pg_cron in a database of the operator's choosing."""
+    server = LocalPostgres(cron_database=cron_database).start()
+    if create_it:
+        with psycopg.connect(server.address.dsn(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{cron_database}"')
+    return server
+
+
+def external_config(admin: ServerAddress, **extra: Any) -> dict[str, Any]:
+    return {
+        "mode": "external", "externalHost": admin.host, "externalPort": admin.port,
+        "externalAdminUser": admin.user, "externalAdminPassword": admin.password, "externalSslMode": "disable",
+        **extra,
+    }
+
+
+def test_external_mode_on_a_server_started_on_this_machine(provider_plugins, new_stack):
+    # pg_cron's database is neither `postgres` nor the application's: the extension and the job go there.
+    server = operator_server("scheduler", create_it=True)
+    try:
+        admin = server.address
+        database = f"ext_{uuid.uuid4().hex[:8]}"
+        stack = stack_of(new_stack, external_config(
+            admin, databaseName=database, rolePrefix=f"x{uuid.uuid4().hex[:6]}", externalAdminIsSuperuser="true"))
+        outputs = full_cycle(stack, new_stack.backend)
+        with psycopg.connect(admin.dsn("scheduler")) as conn:
+            job = conn.execute("SELECT database, username FROM cron.job WHERE jobid = %s",
+                               (outputs["cleanup_job"]["job_id"],)).fetchone()
+            assert job == (database, outputs["roles"]["cleanup"])
+        stack.destroy(color="never")
+        with psycopg.connect(admin.dsn()) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (database,)).fetchone() == (0,)
+            assert conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s)",
+                                (list(outputs["roles"].values()),)).fetchone() == (0,)
+        with psycopg.connect(admin.dsn("scheduler")) as conn:
+            assert conn.execute("SELECT count(*) FROM cron.job").fetchone() == (0,)
+    finally:
+        server.stop()
+
+
+def test_fallback_cleanup_removes_what_a_failed_destroy_left(provider_plugins, new_stack, capfd):
+    stack = stack_of(new_stack, {"hostPort": free_port()})
+    stack.up(color="never")
+    assert all(docker_leftovers(stack.name).values())
+    # Destroy cannot reach the server any more: every PostgreSQL resource fails to delete, and the
+    # engine keeps the container, volume and network they depend on.
+    subprocess.run(["docker", "stop", f"postgres-{stack.name}"], check=True, capture_output=True)
+    with pytest.raises(auto.errors.CommandError):
+        stack.destroy(color="never")
+    new_stack.stacks.remove(stack)
+    removed = clean_up_stack(stack)
+    assert {r.split()[0] for r in removed} == {"container", "volume", "network"}, removed
+    assert docker_leftovers(stack.name) == {"container": [], "volume": [], "network": []}
+    assert "removed by label/name instead" in capfd.readouterr().err
 
 
 # These two need no provider plugin: the program stops before it declares any resource.
 
+def assert_preview_and_up_fail_before_anything(stack: auto.Stack, admin: ServerAddress, *fragments: str) -> None:
+    with pytest.raises(auto.errors.CommandError) as failure:
+        stack.preview(color="never")
+    message = str(failure.value)
+    for fragment in fragments:
+        assert fragment in message, message
+    assert "Nothing was created" in message
+    assert "Traceback" not in message and admin.password not in message
+    with pytest.raises(auto.errors.CommandError):
+        stack.up(color="never")
+    resources = stack.export_stack().deployment.get("resources") or []
+    assert {r["type"] for r in resources} <= {"pulumi:pulumi:Stack"}
+    with psycopg.connect(admin.dsn()) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'ci\\_%'").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = 'customer_insights'").fetchone() == (0,)
+
+
 def test_external_server_without_pg_cron_fails_preview_before_anything(new_stack):
     server = LocalPostgres(extra_settings={"shared_preload_libraries": ""}).start()
     try:
-        admin = server.address
-        stack = stack_of(new_stack, {
-            "mode": "external", "externalHost": admin.host, "externalPort": admin.port,
-            "externalAdminUser": admin.user, "externalAdminPassword": admin.password,
-            "externalSslMode": "disable",
-        })
-        with pytest.raises(auto.errors.CommandError) as failure:
-            stack.preview(color="never")
-        message = str(failure.value)
-        assert "pg_cron is not enabled" in message and "shared_preload_libraries" in message
-        assert "RDS" in message and "Nothing was created" in message
-        with pytest.raises(auto.errors.CommandError):
-            stack.up(color="never")
-        resources = stack.export_stack().deployment.get("resources") or []
-        assert {r["type"] for r in resources} <= {"pulumi:pulumi:Stack"}
-        with psycopg.connect(admin.dsn()) as conn:
-            assert conn.execute("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'ci\\_%'").fetchone() == (0,)
+        stack = stack_of(new_stack, external_config(server.address))
+        assert_preview_and_up_fail_before_anything(
+            stack, server.address, "pg_cron is not enabled", "shared_preload_libraries", "RDS")
+    finally:
+        server.stop()
+
+
+def test_external_server_whose_cron_database_is_missing_fails_preview_before_anything(new_stack):
+    server = operator_server("jobs", create_it=False)
+    try:
+        stack = stack_of(new_stack, external_config(server.address))
+        assert_preview_and_up_fail_before_anything(
+            stack, server.address, "pg_cron runs in database 'jobs'", "does not exist", "CREATE DATABASE jobs")
     finally:
         server.stop()
 
