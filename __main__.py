@@ -9,7 +9,15 @@ import pulumi
 import pulumi_random as random
 
 from infra import config as stack_config
-from infra.components.database import AdminConnection, DatabaseAndRoles, DatabaseAndRolesArgs, connection_url
+from infra.components.database import (
+    PURPOSES,
+    AdminConnection,
+    DatabaseAndRoles,
+    DatabaseAndRolesArgs,
+    TablePrivileges,
+    TablePrivilegesArgs,
+    connection_url,
+)
 from infra.components.migrations import Migrations, MigrationsArgs, checked_migrations
 from infra.components.privileges import PrivilegeSequence
 from infra.components.scheduled_job import ScheduledJobArgs, TokenCleanupJob
@@ -54,7 +62,8 @@ privileges = PrivilegeSequence()
 db = DatabaseAndRoles(
     "app-db",
     DatabaseAndRolesArgs(admin=admin, database=cfg.database, roles=cfg.roles, password_length=cfg.password_length,
-                         privileges=privileges),
+                         privileges=privileges,
+                         password_keepers={purpose: cfg.rotation_keepers(purpose) for purpose in PURPOSES}),
 )
 owner = db.credentials["owner"]
 
@@ -70,6 +79,13 @@ migrations = Migrations(
         keep_data_on_destroy=cfg.migrations.keep_data_on_destroy,
         after=[db],
     ),
+)
+
+# The exceptions to the default privileges (secret columns, migration history, the procedure).
+table_privileges = TablePrivileges(
+    "table-privileges",
+    TablePrivilegesArgs(provider=db.provider, database=db.database.name, roles=db.roles, after=[migrations],
+                        privileges=privileges),
 )
 
 cleanup = TokenCleanupJob(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import pulumi
@@ -104,6 +104,17 @@ class StackConfig:
     server: ContainerServer | ExternalServer
     migrations: Migrations
     cleanup_job: CleanupJob
+    # passwordRotation: a counter per role ("all" for every role); see _password_rotation.
+    password_rotation: dict[str, int] = field(default_factory=dict)
+
+    def rotation_keepers(self, purpose: str) -> dict[str, str] | None:
+        """RandomPassword keepers of one role: any change of its counter or of "all" makes a new password.
+
+        None while both are 0, so stacks that never rotated keep their passwords (no keepers, as before).
+        """
+        own, every = self.password_rotation.get(purpose, 0), self.password_rotation.get("all", 0)
+        return {"rotation": f"all={every},{purpose}={own}"} if own or every else None
+
 
 
 def validate_cron_schedule(schedule: str) -> str | None:
@@ -220,6 +231,8 @@ def load(source: ConfigSource, namespace: str) -> StackConfig:
         f"generated passwords need {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters",
     )
 
+    password_rotation = _password_rotation(r, source)
+
     server: ContainerServer | ExternalServer
     if mode == "external":
         host = r.text("externalHost", "")
@@ -285,7 +298,38 @@ def load(source: ConfigSource, namespace: str) -> StackConfig:
         server=server,
         migrations=migrations,
         cleanup_job=cleanup_job,
+        password_rotation=password_rotation,
     )
+
+
+ROTATION_KEYS = ("all", "owner", "app", "readonly", "cleanup")
+
+
+def _password_rotation(r: _Reader, source: ConfigSource) -> dict[str, int]:
+    """passwordRotation: {"app": 1, "all": 2, ...}; raising a counter rotates that role's password."""
+    how = ("set e.g. `pulumi config set --path passwordRotation.app 1` (one role) or "
+           "`pulumi config set --path passwordRotation.all 1` (every role); raise the number to rotate again")
+    try:
+        value = source.get_object("passwordRotation")
+    except Exception:  # Pulumi raises its own type error for a value that is not JSON
+        r.problem("passwordRotation", f"must be a JSON object of counters; {how}")
+        return {}
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        r.problem("passwordRotation", f"{value!r} must be an object of counters; {how}")
+        return {}
+    counters: dict[str, int] = {}
+    for key, count in value.items():
+        if isinstance(count, str) and count.isdigit():  # `config set --path` may keep "1" a string
+            count = int(count)
+        if key not in ROTATION_KEYS:
+            r.problem(f"passwordRotation.{key}", f"unknown role {key!r}; use one of {', '.join(ROTATION_KEYS)}")
+        elif isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            r.problem(f"passwordRotation.{key}", f"{count!r} is not a whole number >= 0; {how}")
+        else:
+            counters[key] = count
+    return counters
 
 
 class DictSource:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -11,10 +12,27 @@ import pulumi_postgresql as postgresql
 import pulumi_random as random
 
 from infra.components.privileges import PrivilegeSequence
+from infra.components.scheduled_job import CLEANUP_PROCEDURE
 from infra.config import RoleNames
 
 TABLE_WRITE = ["SELECT", "INSERT", "UPDATE", "DELETE"]
 SCHEMA = "public"
+PURPOSES = ("owner", "app", "readonly", "cleanup")
+
+# Columns that hold credentials: the read-only role (analysts) never reads them. Every other column
+# of these tables is granted column by column, so a column a later migration adds to one of them stays
+# unreadable until it is listed here (fail closed); tests/e2e/test_security.py fails until then.
+SECRET_COLUMNS: dict[str, tuple[str, ...]] = {
+    "users": ("password_hash",),  # bcrypt hashes: offline guessing of every user's password
+    "refresh_tokens": ("token",),  # live bearer credentials: whoever reads one is that user
+}
+READONLY_COLUMNS: dict[str, tuple[str, ...]] = {
+    "users": ("id", "email", "first_name", "last_name", "role", "permissions", "organization_id",
+              "created_at", "updated_at", "last_login_at"),
+    "refresh_tokens": ("id", "user_id", "expires_at", "created_at"),
+}
+# The migration runner's tracking table (infra/migrate/tracking.py): `preview` and `up` trust it.
+MIGRATION_HISTORY = "schema_migrations"
 
 
 @dataclass
@@ -38,6 +56,8 @@ class DatabaseAndRolesArgs:
     password_length: int
     # Shared by every component that grants privileges: see infra/components/privileges.py.
     privileges: PrivilegeSequence
+    # RandomPassword keepers per role purpose (config passwordRotation): a change makes a new password.
+    password_keepers: Mapping[str, Mapping[str, str] | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -81,10 +101,13 @@ class DatabaseAndRoles(pulumi.ComponentResource):
             ("readonly", args.roles.readonly),
             ("cleanup", args.roles.cleanup),
         ):
+            # New keepers replace only this RandomPassword; the Role (and whatever connects as it)
+            # is updated in place with the new result: that is the whole rotation.
             password = random.RandomPassword(
                 f"{name}-{purpose}-password",
                 length=args.password_length,
                 special=False,  # URL- and shell-safe; length gives the entropy
+                keepers=args.password_keepers.get(purpose),
                 opts=pulumi.ResourceOptions(parent=self),
             )
             roles[purpose] = postgresql.Role(
@@ -166,6 +189,55 @@ class DatabaseAndRoles(pulumi.ComponentResource):
 
         self.roles = roles
         self.register_outputs({"database": self.database.name, "roles": {k: r.name for k, r in roles.items()}})
+
+
+@dataclass
+class TablePrivilegesArgs:
+    provider: postgresql.Provider
+    database: pulumi.Input[str]
+    roles: Mapping[str, postgresql.Role]  # by purpose, from DatabaseAndRoles
+    after: Sequence[pulumi.Resource]  # the migrations that create the tables and the procedure
+    privileges: PrivilegeSequence
+
+
+class TablePrivileges(pulumi.ComponentResource):
+    """What the schema-wide default privileges must not give: the exceptions, on named objects.
+
+    - The read-only role reads `users` and `refresh_tokens` column by column, never the secret
+      columns. Column privileges rather than views: nothing is added to the schema, queries naming
+      columns keep working, `SELECT *` fails loudly instead of silently hiding a column, a new
+      column stays unreadable until listed, and no view runs with its owner's rights.
+    - The migration history is written by the owner alone: the application role gets nothing on it
+      (it needs no migration history; the stack output `migrations` lists the applied versions).
+      The read-only role keeps reading it. The cleanup role never had any privilege on it.
+    - The cleanup procedure is executable by the cleanup role only (its grant is the job's): PUBLIC
+      loses the EXECUTE every new routine gets.
+
+    A Grant with no privileges runs `REVOKE ALL` on its objects and keeps them so: this is how an
+    existing stack converges with one `pulumi up`, whatever the default privileges gave before.
+    REVOKE ALL on a table also drops that role's column grants, so each column grant is declared
+    after its table's revoke (and the shared sequence keeps that order on update and destroy too).
+    """
+
+    def __init__(self, name: str, args: TablePrivilegesArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("customer-insights:db:TablePrivileges", name, None, opts)
+        on_server = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=list(args.after))
+        seq = args.privileges
+
+        def grant(resource_name: str, **kwargs: Any) -> postgresql.Grant:
+            return seq.then(postgresql.Grant(f"{name}-{resource_name}", database=args.database, schema=SCHEMA,
+                                             opts=seq.options(on_server), **kwargs))
+
+        readonly = args.roles["readonly"].name
+        for table, columns in READONLY_COLUMNS.items():
+            grant(f"readonly-{table}-revoke", role=readonly, object_type="table", objects=[table], privileges=[])
+            grant(f"readonly-{table}-columns", role=readonly, object_type="column", objects=[table],
+                  columns=list(columns), privileges=["SELECT"])
+        grant("app-history-revoke", role=args.roles["app"].name, object_type="table",
+              objects=[MIGRATION_HISTORY], privileges=[])
+        grant("public-procedure-revoke", role="public", object_type="procedure", objects=[CLEANUP_PROCEDURE],
+              privileges=[])
+        self.register_outputs({})
 
 
 def connection_url(host: pulumi.Input[str], port: pulumi.Input[int], database: pulumi.Input[str],

@@ -69,6 +69,7 @@ SERVER_COMPONENT = "customer-insights:db:PostgresServer"
 DB_COMPONENT = "customer-insights:db:DatabaseAndRoles"
 MIGRATIONS_COMPONENT = "customer-insights:db:Migrations"
 JOB_COMPONENT = "customer-insights:db:TokenCleanupJob"
+TABLE_PRIVILEGES_COMPONENT = "customer-insights:db:TablePrivileges"
 RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
 NETWORK = "docker:index/network:Network"
 VOLUME = "docker:index/volume:Volume"
@@ -386,10 +387,13 @@ def test_container_mode_inventory(run: ProgramRun) -> None:
         counts[r.type] = counts.get(r.type, 0) + 1
     assert counts == {
         SERVER_COMPONENT: 1, DB_COMPONENT: 1, MIGRATIONS_COMPONENT: 1, JOB_COMPONENT: 1,
+        TABLE_PRIVILEGES_COMPONENT: 1,
         NETWORK: 1, VOLUME: 1, REMOTE_IMAGE: 1, CONTAINER: 1,
         RANDOM_PASSWORD: 5,  # the superuser's and one per role
         PG_PROVIDER: 1, ROLE: 4, DATABASE: 1,
-        GRANT: 1 + 3 * 2 + 4,  # revoke from PUBLIC, CONNECT + USAGE per non-owner role, the job's four
+        # revoke from PUBLIC, CONNECT + USAGE per non-owner role, the job's four, and the exceptions to the
+        # default privileges: 2 secret-column tables x (revoke + columns), history, procedure
+        GRANT: 1 + 3 * 2 + 4 + 2 * 2 + 1 + 1,
         DEFAULT_PRIVILEGES: 4, EXTENSION: 1,
         DYNAMIC: len(migration_files()) + 1,
     }
@@ -930,3 +934,75 @@ def test_unknown_accept_checksums_version_fails_naming_the_key(_repo_on_sys_path
     # and database resources are already declared).
     with pytest.raises(ValueError, match=r"acceptChecksums: versions \['999'\] have no file in"):
         ProgramHarness().run({"acceptChecksums": '["999"]'})
+
+# ------------------------------------------------------------------------------ least privilege, rotation (issue 9)
+
+
+def exceptions_to_default_privileges(run: ProgramRun) -> dict[str, Registration]:
+    component = run.one(TABLE_PRIVILEGES_COMPONENT, "table-privileges")
+    return {g.name: g for g in run.children_of(component)}
+
+
+def test_read_only_role_reads_secret_tables_column_by_column_never_the_secret_columns(run: ProgramRun) -> None:
+    from infra.components.database import READONLY_COLUMNS, SECRET_COLUMNS
+
+    grants = exceptions_to_default_privileges(run)
+    for table, secrets in SECRET_COLUMNS.items():
+        revoke = grants[f"table-privileges-readonly-{table}-revoke"]
+        columns = grants[f"table-privileges-readonly-{table}-columns"]
+        assert grant_summary(revoke) == ("table", "public", (table,), (), ())  # REVOKE ALL: the default SELECT
+        assert grant_summary(columns)[:3] == ("column", "public", (table,))
+        assert columns["role"] == revoke["role"] == ROLES["readonly"]
+        assert columns["privileges"] == ["SELECT"]
+        assert set(columns["columns"]) == set(READONLY_COLUMNS[table]) and not set(secrets) & set(columns["columns"])
+        assert revoke.urn in upstream_of(run, columns)  # REVOKE ALL also drops column grants: revoke first
+
+
+def test_migration_history_and_cleanup_procedure_exceptions(run: ProgramRun) -> None:
+    grants = exceptions_to_default_privileges(run)
+    history = grants["table-privileges-app-history-revoke"]
+    assert (history["role"], grant_summary(history)) == (
+        ROLES["app"], ("table", "public", ("schema_migrations",), (), ()))
+    procedure = grants["table-privileges-public-procedure-revoke"]
+    assert (procedure["role"], grant_summary(procedure)) == (
+        "public", ("procedure", "public", ("delete_expired_refresh_tokens",), (), ()))
+    assert len(grants) == 6
+    for grant in grants.values():
+        assert grant["database"] == "insights_test"
+        assert run.provider_of(grant).name == "app-db-admin"
+        assert {m.urn for m in run.migrations()} <= upstream_of(run, grant)  # the objects exist by then
+
+
+def role_passwords(run: ProgramRun) -> dict[str, Registration]:
+    return {p.name: p for p in run.of_type(RANDOM_PASSWORD)}
+
+
+def test_passwords_have_no_keepers_until_a_rotation_is_asked_for(run: ProgramRun) -> None:
+    # Stacks created before passwordRotation existed must not see their passwords replaced.
+    assert all(p.get("keepers") is None for p in role_passwords(run).values())
+
+
+def test_rotating_one_role_changes_only_that_roles_password_keepers(_repo_on_sys_path: None) -> None:
+    rotated = ProgramHarness().run({**CONTAINER_CONFIG, "passwordRotation": '{"readonly": 1}'})
+    keepers = {name: p.get("keepers") for name, p in role_passwords(rotated).items()}
+    assert keepers == {
+        "superuser-password": None, "app-db-owner-password": None, "app-db-app-password": None,
+        "app-db-readonly-password": {"rotation": "all=0,readonly=1"}, "app-db-cleanup-password": None,
+    }
+    again = ProgramHarness().run({**CONTAINER_CONFIG, "passwordRotation": '{"readonly": 1, "all": 1}'})
+    keepers = {name: p.get("keepers") for name, p in role_passwords(again).items()}
+    assert keepers["superuser-password"] is None  # set at initdb only: not rotated this way (README)
+    assert keepers["app-db-readonly-password"] == {"rotation": "all=1,readonly=1"}
+    assert keepers["app-db-owner-password"] == {"rotation": "all=1,owner=0"}
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ('{"bob": 1}', "passwordRotation.bob: unknown role 'bob'"),
+    ('{"app": -1}', "passwordRotation.app: -1 is not a whole number"),
+    ('[1]', "must be an object of counters"),
+])
+def test_bad_password_rotation_fails_naming_the_key(_repo_on_sys_path: None, value: str, message: str) -> None:
+    harness = ProgramHarness()
+    with pytest.raises(ConfigError, match=message):
+        harness.run({**CONTAINER_CONFIG, "passwordRotation": value})
+    assert harness.monitor.registrations == []
