@@ -27,9 +27,15 @@ fi
 if [[ -n "${POSTGRES_PASSWORD_FILE:-}" ]]; then
     [[ -r "$POSTGRES_PASSWORD_FILE" ]] || die "POSTGRES_PASSWORD_FILE=$POSTGRES_PASSWORD_FILE is not readable."
     POSTGRES_PASSWORD=$(<"$POSTGRES_PASSWORD_FILE")
-    unset POSTGRES_PASSWORD_FILE
+    # the root half's hand-over file (below): read once, then gone
+    [[ -n "${ENTRYPOINT_PASSWORD_HANDOFF:-}" ]] && rm -f -- "$POSTGRES_PASSWORD_FILE"
+    unset POSTGRES_PASSWORD_FILE ENTRYPOINT_PASSWORD_HANDOFF
 fi
-export POSTGRES_PASSWORD=${POSTGRES_PASSWORD:-}
+# Not exported: initdb, pg_ctl and the temporary server must not carry the superuser password in
+# their environment (readable in /proc/<pid>/environ and `ps e` on the host); executable init
+# scripts get it explicitly, sourced ones see the shell variable.
+POSTGRES_PASSWORD=${POSTGRES_PASSWORD:-}
+export -n POSTGRES_PASSWORD
 export POSTGRES_USER=${POSTGRES_USER:-postgres}
 export POSTGRES_DB=${POSTGRES_DB:-$POSTGRES_USER}
 export POSTGRES_HOST_AUTH_METHOD=${POSTGRES_HOST_AUTH_METHOD:-scram-sha-256}
@@ -41,6 +47,14 @@ if [[ $(id -u) -eq 0 ]]; then
     chown postgres:postgres "$PGDATA" /var/run/postgresql
     chmod 0700 "$PGDATA"
     chmod 2775 /var/run/postgresql
+    # The password crosses to the postgres-user half in a private file, not in the environment,
+    # and only when initdb still needs it.
+    if [[ -n "$POSTGRES_PASSWORD" && ! -s "$PGDATA/PG_VERSION" ]]; then
+        handoff=$(mktemp /var/run/postgresql/.superuser-password.XXXXXX)
+        printf '%s' "$POSTGRES_PASSWORD" >"$handoff"
+        chown postgres:postgres "$handoff"
+        export POSTGRES_PASSWORD_FILE=$handoff ENTRYPOINT_PASSWORD_HANDOFF=1
+    fi
     exec setpriv --reuid=postgres --regid=postgres --init-groups -- "${BASH_SOURCE[0]}" "$@"
 fi
 
@@ -63,8 +77,11 @@ if [[ ! -s "$PGDATA/PG_VERSION" ]]; then
         initdb "${initdb_args[@]}" >/dev/null
     fi
 
-    [[ "$POSTGRES_HOST_AUTH_METHOD" == trust ]] &&
-        log "WARNING: POSTGRES_HOST_AUTH_METHOD=trust: every host connection is accepted without a password."
+    case "$POSTGRES_HOST_AUTH_METHOD" in
+        scram-sha-256) ;;
+        trust) log "WARNING: POSTGRES_HOST_AUTH_METHOD=trust: every host connection is accepted without a password." ;;
+        *) log "WARNING: POSTGRES_HOST_AUTH_METHOD=$POSTGRES_HOST_AUTH_METHOD: network logins not limited to SCRAM-SHA-256." ;;
+    esac
     printf '\n# added by docker-entrypoint.sh\nhost all all all %s\n' "$POSTGRES_HOST_AUTH_METHOD" \
         >>"$PGDATA/pg_hba.conf"
     cat >>"$PGDATA/postgresql.conf" <<EOF
@@ -74,6 +91,8 @@ listen_addresses = '*'
 port = 5432
 shared_preload_libraries = 'pg_cron'
 cron.database_name = '$POSTGRES_DB'
+# SCRAM verifiers only: a password set with ALTER ROLE ... PASSWORD is never stored as md5.
+password_encryption = 'scram-sha-256'
 EOF
 
     # Temporary server on the Unix socket only, for POSTGRES_DB and the init scripts.
@@ -88,7 +107,7 @@ EOF
     for f in /docker-entrypoint-initdb.d/*; do
         # shellcheck disable=SC1090  # init scripts are the caller's
         case "$f" in
-            *.sh) log "running $f"; if [[ -x "$f" ]]; then "$f"; else . "$f"; fi ;;
+            *.sh) log "running $f"; if [[ -x "$f" ]]; then POSTGRES_PASSWORD=$POSTGRES_PASSWORD "$f"; else . "$f"; fi ;;
             *.sql) log "running $f"; psql_local --dbname "$POSTGRES_DB" -f "$f" >/dev/null ;;
             *) if [[ -e "$f" ]]; then log "ignoring $f"; fi ;;
         esac
