@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pulumi
 
 from infra.config import ConfigError
 from infra.dynamic.migration import Migration
-from infra.migrate import MigrationFile, MigrationFileError, load_migrations
+from infra.migrate import MigrationFile, MigrationFileError, MigrationsError, load_migrations
+from infra.migrate.review import review_migration
 
 
 def checked_migrations(directory: str, accept_checksums: frozenset[str]) -> list[MigrationFile]:
@@ -37,6 +41,37 @@ class MigrationsArgs:
     # What must exist first (the database, its roles and grants). The first migration depends on
     # these directly, so the state records it and destroy reverts the schema before revoking them.
     after: list[pulumi.Resource] = field(default_factory=list)
+    # `pulumi preview` reviews each pending migration with squawk, using this configuration (None:
+    # the .squawk.toml squawk finds from `directory` upwards, as `squawk sql/*.sql` in CI does).
+    squawk_config: str | None = None
+
+
+def review_if_pending(resource: Migration, migration: MigrationFile, args: MigrationsArgs) -> pulumi.Output[None]:
+    """During a preview, logs on `resource` what its file will do and warns of what is risky in it.
+
+    Pending means not in the state yet: its id is unknown until the engine creates it (an applied
+    migration keeps the id it was recorded with). The review rides on the resource's diagnostics,
+    so `pulumi preview` shows it under the migration and `pulumi preview --json` carries it by URN.
+    """
+    config = Path(args.squawk_config) if args.squawk_config else None
+
+    async def review() -> None:
+        if await resource.id.is_known():
+            return
+        run = functools.partial(review_migration, migration, squawk_config=config, search_from=Path(args.directory))
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(None, run)
+        except MigrationsError as exc:
+            pulumi.log.warn(f"review incomplete: {exc}", resource=resource)
+            return
+        pulumi.log.info(f"will run: {result.summary()}", resource=resource)
+        for finding in result.warnings:
+            pulumi.log.warn(str(finding), resource=resource)
+        if result.lint:
+            rules = sorted({f.rule for f in result.lint})
+            pulumi.log.info(f"squawk style notes: {len(result.lint)} ({', '.join(rules)})", resource=resource)
+
+    return pulumi.Output.from_input(review())
 
 
 class Migrations(pulumi.ComponentResource):
@@ -62,6 +97,8 @@ class Migrations(pulumi.ComponentResource):
                 keep_on_destroy=args.keep_data_on_destroy,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[previous] if previous else args.after),
             )
+            if pulumi.runtime.is_dry_run():
+                review_if_pending(previous, migration, args)
         self.last = previous
         self.versions = [f.version for f in files]
         self.register_outputs({"versions": self.versions})

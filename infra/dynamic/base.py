@@ -9,6 +9,9 @@ import psycopg
 import pulumi
 from pulumi.dynamic import DiffResult, ResourceProvider
 
+# The type every dynamic resource had before they got their own (`class X(Resource, module=..., name=...)`).
+GENERIC_DYNAMIC_TYPE = "pulumi-python:dynamic:Resource"
+
 # Every dynamic resource stores its pickled provider under this key; a change of the provider's
 # code alone changes it, and must never count as a change of the resource.
 PROVIDER_KEY = "__provider"
@@ -57,3 +60,10 @@ def secret_connection(connection: Mapping[str, pulumi.Input[Any]]) -> dict[str, 
 def password_kept_secret(opts: pulumi.ResourceOptions | None) -> pulumi.ResourceOptions:
     """Options that keep the password secret in the outputs too: delete and refresh read it there."""
     return pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["password"]))
+
+
+def renamed_from_generic_type(opts: pulumi.ResourceOptions | None) -> pulumi.ResourceOptions:
+    """Options that adopt a resource recorded under the generic dynamic type: same name and parent,
+    so stacks created before the rename see an unchanged resource, not a replacement."""
+    renamed = pulumi.ResourceOptions(aliases=[pulumi.Alias(type_=GENERIC_DYNAMIC_TYPE)])
+    return pulumi.ResourceOptions.merge(opts, renamed)

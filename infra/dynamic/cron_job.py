@@ -8,7 +8,13 @@ import psycopg
 import pulumi
 from pulumi.dynamic import CreateResult, ReadResult, Resource, UpdateResult
 
-from infra.dynamic.base import DiffingProvider, conninfo, password_kept_secret, secret_connection
+from infra.dynamic.base import (
+    DiffingProvider,
+    conninfo,
+    password_kept_secret,
+    renamed_from_generic_type,
+    secret_connection,
+)
 
 APPLICATION_NAME = "pulumi-cron-job"
 
@@ -67,8 +73,11 @@ class CronJobProvider(DiffingProvider):
         )
 
 
-class CronJob(Resource):
-    """A job in pg_cron's `cron.job`, run by `run_as` in `database` on `schedule`."""
+class CronJob(Resource, module="db", name="CronJob"):
+    """A job in pg_cron's `cron.job`, run by `run_as` in `database` on `schedule`.
+
+    Type `pulumi-python:dynamic/db:CronJob` (see `Migration`).
+    """
 
     job_id: pulumi.Output[int]
     job_name: pulumi.Output[str]
@@ -97,4 +106,5 @@ class CronJob(Resource):
             "active": active,
             "job_id": None,
         }
-        super().__init__(CronJobProvider(), resource_name, props, password_kept_secret(opts))
+        super().__init__(CronJobProvider(), resource_name, props,
+                         renamed_from_generic_type(password_kept_secret(opts)))

@@ -10,9 +10,15 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import pulumi
-from pulumi.dynamic import CreateResult, DiffResult, ReadResult, Resource, UpdateResult
+from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, Resource, UpdateResult
 
-from infra.dynamic.base import DiffingProvider, conninfo, password_kept_secret, secret_connection
+from infra.dynamic.base import (
+    DiffingProvider,
+    conninfo,
+    password_kept_secret,
+    renamed_from_generic_type,
+    secret_connection,
+)
 from infra.migrate import ChecksumMismatchError, MigrationFile, Migrator
 
 APPLICATION_NAME = "pulumi-migrations"
@@ -44,6 +50,15 @@ def _outs(props: dict[str, Any], record: Any, adopted: bool) -> dict[str, Any]:
     }
 
 
+def _checksum_mismatch(olds: dict[str, Any], news: dict[str, Any]) -> ChecksumMismatchError | None:
+    if not olds or olds.get("checksum") == news.get("checksum") or news.get("accept_checksum"):
+        return None
+    return ChecksumMismatchError(
+        filename=news["filename"], version=news["version"], recorded=olds.get("checksum", "?"),
+        current=news["checksum"],
+    )
+
+
 class MigrationProvider(DiffingProvider):
     # A file's identity is its version and name. New connection details (a rotated password) or a
     # new keep-data switch are in-place updates that run nothing: the state must hold the current
@@ -53,14 +68,21 @@ class MigrationProvider(DiffingProvider):
         {"accept_checksum", "applied_at", "duration_ms", "applied_by", "adopted"}
     )
 
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        """Refuses an edited applied file before anything else happens.
+
+        A check failure is what the engine reports as the resource's own message; an exception here
+        or in `diff` would reach the user buried under the provider host's Python traceback.
+        `olds` are the inputs in the state: empty for a pending migration.
+        """
+        if mismatch := _checksum_mismatch(olds, news):
+            return CheckResult(news, [CheckFailure("", str(mismatch))])
+        return CheckResult(news, [])
+
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        if olds.get("checksum") != news.get("checksum") and not news.get("accept_checksum"):
-            raise ChecksumMismatchError(
-                filename=news["filename"],
-                version=news["version"],
-                recorded=olds.get("checksum", "?"),
-                current=news["checksum"],
-            )
+        # Unreachable through the engine (check refuses first); kept so no caller can skip the rule.
+        if mismatch := _checksum_mismatch(olds, news):
+            raise mismatch
         return super().diff(_id, olds, news)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
@@ -96,8 +118,12 @@ class MigrationProvider(DiffingProvider):
         return ReadResult(id_=id_, outs={**props, "checksum": applied.checksum})
 
 
-class Migration(Resource):
-    """A migration file applied to a database by its owner role."""
+class Migration(Resource, module="db", name="Migration"):
+    """A migration file applied to a database by its owner role.
+
+    Its type, `pulumi-python:dynamic/db:Migration`, names it in every plan (the package part must stay
+    `pulumi-python`: it routes the resource to the dynamic-provider host).
+    """
 
     version: pulumi.Output[str]
     filename: pulumi.Output[str]
@@ -133,4 +159,5 @@ class Migration(Resource):
             "applied_by": None,
             "adopted": None,
         }
-        super().__init__(MigrationProvider(), resource_name, props, password_kept_secret(opts))
+        super().__init__(MigrationProvider(), resource_name, props,
+                         renamed_from_generic_type(password_kept_secret(opts)))

@@ -150,6 +150,32 @@ def test_migration_checksum_change_raises_naming_file_and_both_checksums() -> No
     assert "acceptChecksums" in message  # and how to accept it
 
 
+def test_migration_check_refuses_an_edited_applied_file_with_the_message_alone() -> None:
+    # The engine shows a check failure as the resource's message; an exception would show the
+    # provider host's traceback first.
+    old, new = checksum_of(OLD_UP), checksum_of(NEW_UP)
+    result = MigrationProvider().check(migration_inputs(), migration_inputs(up_sql=NEW_UP, checksum=new))
+    assert len(result.failures) == 1
+    reason = result.failures[0].reason
+    assert "003_create_customers.sql" in reason and old in reason and new in reason
+    assert "acceptChecksums" in reason and "Traceback" not in reason
+
+
+@pytest.mark.parametrize(
+    ("olds", "news"),
+    [
+        ({}, migration_inputs()),  # pending: nothing recorded yet
+        (migration_inputs(), migration_inputs()),
+        (migration_inputs(), migration_inputs(up_sql=NEW_UP, checksum=checksum_of(NEW_UP), accept_checksum=True)),
+    ],
+    ids=["pending", "unchanged", "accepted-edit"],
+)
+def test_migration_check_passes(olds: dict[str, Any], news: dict[str, Any]) -> None:
+    result = MigrationProvider().check(olds, news)
+    assert result.failures == []
+    assert result.inputs == news
+
+
 def test_migration_checksum_change_raises_even_with_other_changes() -> None:
     news = migration_inputs(up_sql=NEW_UP, checksum=checksum_of(NEW_UP), keep_on_destroy=True, **OTHER_CONNECTION)
     with pytest.raises(ChecksumMismatchError):

@@ -81,7 +81,8 @@ DATABASE = "postgresql:index/database:Database"
 GRANT = "postgresql:index/grant:Grant"
 DEFAULT_PRIVILEGES = "postgresql:index/defaultPrivileges:DefaultPrivileges"
 EXTENSION = "postgresql:index/extension:Extension"
-DYNAMIC = "pulumi-python:dynamic:Resource"  # both Migration and CronJob
+MIGRATION = "pulumi-python:dynamic/db:Migration"
+CRON_JOB = "pulumi-python:dynamic/db:CronJob"
 
 IMAGE_ID = "sha256:" + "ab" * 32
 CRON_JOB_ID = 42
@@ -177,7 +178,7 @@ class ProgramMocks(pulumi.runtime.Mocks):
         elif args.typ == CONTAINER:
             outputs["name"] = args.inputs["name"]
             outputs["ports"] = [{"protocol": "tcp", **port} for port in args.inputs.get("ports", [])]
-        elif args.typ == DYNAMIC and "job_name" in args.inputs:
+        elif args.typ == CRON_JOB:
             outputs["job_id"] = CRON_JOB_ID
         return f"{args.name}_id", outputs
 
@@ -275,10 +276,10 @@ class ProgramRun:
 
     def migrations(self) -> list[Registration]:
         """The Migration resources, by version."""
-        return sorted((r for r in self.of_type(DYNAMIC) if "version" in r.inputs), key=lambda r: int(r["version"]))
+        return sorted((r for r in self.of_type(MIGRATION)), key=lambda r: int(r["version"]))
 
     def cron_job(self) -> Registration:
-        jobs = [r for r in self.of_type(DYNAMIC) if "job_name" in r.inputs]
+        jobs = self.of_type(CRON_JOB)
         assert len(jobs) == 1
         return jobs[0]
 
@@ -395,7 +396,7 @@ def test_container_mode_inventory(run: ProgramRun) -> None:
         # default privileges: 2 secret-column tables x (revoke + columns), history, procedure
         GRANT: 1 + 3 * 2 + 4 + 2 * 2 + 1 + 1,
         DEFAULT_PRIVILEGES: 4, EXTENSION: 1,
-        DYNAMIC: len(migration_files()) + 1,
+        MIGRATION: len(migration_files()), CRON_JOB: 1,
     }
 
 
@@ -934,6 +935,7 @@ def test_unknown_accept_checksums_version_fails_naming_the_key(_repo_on_sys_path
     # and database resources are already declared).
     with pytest.raises(ValueError, match=r"acceptChecksums: versions \['999'\] have no file in"):
         ProgramHarness().run({"acceptChecksums": '["999"]'})
+
 
 # ------------------------------------------------------------------------------ least privilege, rotation (issue 9)
 
