@@ -58,15 +58,31 @@ def _changes(steps: Iterable[dict[str, Any]]) -> dict[str, Change]:
         urn = step.get("urn", "")
         if not urn or op in _QUIET_OPS or urn.split("::")[2].endswith("pulumi:pulumi:Stack"):
             continue
-        reasons = list(step.get("replaceReasons") or []) + list(step.get("diffReasons") or [])
+        reasons = _changed_inputs(step)
         known = changes.get(urn)
         if known is None or _OP_ORDER.index(op) < _OP_ORDER.index(known.op):
             changes[urn] = Change(urn, op, sorted(set(reasons) | set(known.reasons if known else [])))
+        else:
+            known.reasons = sorted(set(known.reasons) | set(reasons))
     return changes
 
 
-def _one_line(message: str) -> str:
-    return " ".join(message.split())
+def _changed_inputs(step: dict[str, Any]) -> list[str]:
+    """Names of the inputs that differ (top-level keys; secrets compare as their mask)."""
+    names = set(step.get("replaceReasons") or []) | set(step.get("diffReasons") or [])
+    names |= {key.split(".")[0].split("[")[0] for key in step.get("detailedDiff") or {}}
+    old = (step.get("oldState") or {}).get("inputs") or {}
+    new = (step.get("newState") or {}).get("inputs") or {}
+    if old and new:
+        names |= {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+    return sorted(names - {"__provider"})
+
+
+def _message(diag: dict[str, Any]) -> str:
+    """The diagnostic on one line, without the "warning: " the CLI prefixes."""
+    message = " ".join(str(diag.get("message", "")).split())
+    severity = diag.get("severity") or ""
+    return message.removeprefix(f"{severity}: ") if severity else message
 
 
 def _cell(text: str) -> str:
@@ -88,7 +104,7 @@ def render(preview: dict[str, Any], stack: str | None = None) -> str:
             continue
         review = MigrationReview(change.name, change.op)
         for diag in by_urn.get(change.urn, []):
-            message = _one_line(diag.get("message", ""))
+            message = _message(diag)
             if message.startswith("will run: "):
                 review.does = message.removeprefix("will run: ")
             elif diag.get("severity") == "warning":
@@ -98,8 +114,8 @@ def render(preview: dict[str, Any], stack: str | None = None) -> str:
         migrations.append(review)
     migrations.sort(key=lambda r: r.name)
     others.sort(key=lambda c: (_OP_ORDER.index(c.op), c.type, c.name))
-    errors = [_one_line(d.get("message", "")) for d in diagnostics if d.get("severity") == "error"]
-    unchanged = sum(1 for s in preview.get("steps") or [] if s.get("op") == "same")
+    errors = [_message(d) for d in diagnostics if d.get("severity") == "error"]
+    unchanged = int((preview.get("changeSummary") or {}).get("same", 0))
 
     heading = f"### `pulumi preview`{f' of stack `{stack}`' if stack else ''}"
     lines = [heading, "", f"**{_verdict(migrations, others, errors)}**", ""]

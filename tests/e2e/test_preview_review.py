@@ -9,6 +9,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +31,9 @@ from infra.dynamic import migration as migration_module
 from infra.dynamic.base import GENERIC_DYNAMIC_TYPE
 from infra.dynamic.cron_job import CronJob
 from infra.dynamic.migration import Migration
-from tests.e2e.conftest import StackFactory
+from scripts import preview_comment
+from scripts.stack import workspace_env
+from tests.e2e.conftest import PASSPHRASE, StackFactory
 from tests.support.local_postgres import ServerAddress
 
 pytestmark = pytest.mark.e2e
@@ -163,3 +169,75 @@ def test_preview_reviews_the_pending_migration_only_and_refuses_an_edit_with_its
         assert "003_create_customers.sql (version 003) was changed after it was applied" in message
         assert "acceptChecksums" in message
         assert "Traceback" not in message and 'File "' not in message, message
+
+
+PROGRAM = """\
+import sys
+sys.path.insert(0, {repo!r})
+import pulumi
+from infra.components.migrations import Migrations, MigrationsArgs
+from infra.dynamic.cron_job import CronJob
+
+cfg = pulumi.Config()
+def connection(prefix):
+    return {{"host": cfg.require(prefix + "Host"), "port": cfg.require_int(prefix + "Port"),
+            "dbname": cfg.require(prefix + "Db"), "user": cfg.require(prefix + "User"),
+            "password": cfg.require_secret(prefix + "Password"), "sslmode": "disable"}}
+owner = connection("owner")
+chain = Migrations("schema", MigrationsArgs(directory=cfg.require("migrationsDir"), connection=owner))
+CronJob("nightly", connection=connection("cron"), job_name=cfg.require("jobName"), schedule=cfg.require("schedule"),
+        command="SELECT 1", database=owner["dbname"], run_as=owner["user"], active=True,
+        opts=pulumi.ResourceOptions(depends_on=[chain]))
+"""
+
+
+def test_pr_comment_from_a_real_preview_json_that_adds_a_migration(
+        owner_role_db, cron_target, new_stack: StackFactory, sql_copy: Path, tmp_path: Path):
+    """The CLI's own `pulumi preview --json` of a project (language host, not an inline program)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "Pulumi.yaml").write_text("name: preview-comment-e2e\nruntime: python\n")
+    (project / "__main__.py").write_text(PROGRAM.format(repo=str(REPO)))
+    env = {**os.environ, **workspace_env(f"file://{new_stack.backend}"), "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE}
+    stack = auto.create_stack(f"t{uuid.uuid4().hex[:10]}", work_dir=str(project), opts=auto.LocalWorkspaceOptions(
+        env_vars=env, pulumi_command=new_stack.cli))
+    config = {"migrationsDir": str(sql_copy), "jobName": f"comment-{uuid.uuid4().hex[:8]}", "schedule": "0 3 * * *"}
+    for prefix, conn in (("owner", owner_role_db), ("cron", cron_target)):
+        config |= {prefix + "Host": conn["host"], prefix + "Port": str(conn["port"]), prefix + "Db": conn["dbname"],
+                   prefix + "User": conn["user"]}
+    stack.set_all_config({k: auto.ConfigValue(v) for k, v in config.items()})
+    for prefix, conn in (("owner", owner_role_db), ("cron", cron_target)):
+        stack.set_config(prefix + "Password", auto.ConfigValue(str(conn["password"]), secret=True))
+    try:
+        stack.up(color="never")
+        (sql_copy / "900_reshape_customers.sql").write_text(RISKY_MIGRATION)
+        stack.set_config("schedule", auto.ConfigValue("*/30 * * * *"))
+
+        run = subprocess.run(["pulumi", "preview", "--json", "--non-interactive", "--stack", stack.name],
+                             cwd=project, env=env, capture_output=True, text=True, check=False)
+        assert run.returncode == 0, run.stderr
+        comment = preview_comment.render(json.loads(run.stdout), stack.name)
+        (tmp_path / "comment.md").write_text(comment)
+        (tmp_path / "preview.json").write_text(run.stdout)
+        print(comment)
+
+        lines = comment.splitlines()
+        assert lines[2] == ("**⚠️ Review needed: 1 migration will run, 1 other resource change; "
+                            "2 destructive statements, 1 blocking statement.**"), comment
+        assert ("- **`900_reshape_customers`** will run: CREATE TABLE audit_log; ALTER TABLE customers ADD COLUMN "
+                "notes; CREATE INDEX customers_notes_idx ON customers; DROP TABLE behavior_patterns; "
+                "TRUNCATE refresh_tokens") in lines
+        assert any(line.startswith("  - 🛑 destructive: DROP TABLE behavior_patterns (line 6)") for line in lines)
+        assert any(line.startswith("  - 🔒 blocking: CREATE INDEX customers_notes_idx") for line in lines)
+        assert "| update | `pulumi-python:dynamic/db:CronJob` | `nightly` | schedule |" in lines
+        assert sum("`00" in line for line in lines) == 0  # applied migrations are not listed
+        for conn in (owner_role_db, cron_target):
+            assert str(conn["password"]) not in run.stdout and str(conn["password"]) not in comment
+
+        # The command-line entry point prints the same.
+        cli = subprocess.run([sys.executable, str(REPO / "scripts" / "preview_comment.py"), "-", "--stack", stack.name],
+                             input=run.stdout, capture_output=True, text=True, check=True)
+        assert cli.stdout == comment
+    finally:
+        stack.destroy(color="never")
+        stack.workspace.remove_stack(stack.name)

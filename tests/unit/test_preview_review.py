@@ -1,0 +1,111 @@
+"""The migration review (statement descriptions, squawk classification) and the PR comment's verdicts.
+
+squawk itself runs here (the real binary from squawk-cli): it is a fast local tool.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from infra.dynamic.migration import Migration
+from infra.migrate import MigrationFile, checksum_of
+from infra.migrate.review import BLOCKING, DESTRUCTIVE, describe, find_squawk, review_migration
+from scripts import preview_comment
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(("statement", "expected"), [
+    ("CREATE TABLE IF NOT EXISTS public.audit_log (id int, CONSTRAINT p PRIMARY KEY (id));",
+     "CREATE TABLE public.audit_log"),
+    ("create unique index concurrently if not exists u_idx on only users (lower(email));",
+     "CREATE UNIQUE INDEX CONCURRENTLY u_idx ON users"),
+    ("ALTER TABLE customers ADD COLUMN notes text DEFAULT 'a,b', ALTER COLUMN name TYPE varchar(300),\n"
+     "  DROP CONSTRAINT c_chk, ADD CONSTRAINT fk FOREIGN KEY (a) REFERENCES x (id) NOT VALID;",
+     "ALTER TABLE customers ADD COLUMN notes, ALTER COLUMN name TYPE VARCHAR(300), DROP CONSTRAINT c_chk, "
+     "ADD CONSTRAINT fk FOREIGN KEY"),
+    ("ALTER TABLE users ALTER COLUMN email SET NOT NULL;", "ALTER TABLE users ALTER COLUMN email SET NOT NULL"),
+    ("ALTER TABLE users RENAME COLUMN a TO b;", "ALTER TABLE users RENAME COLUMN a TO b"),
+    ("DROP TABLE IF EXISTS a, b CASCADE;", "DROP TABLE a, b CASCADE"),
+    ("DROP INDEX CONCURRENTLY users_email_idx;", "DROP INDEX users_email_idx"),
+    ("TRUNCATE TABLE refresh_tokens;", "TRUNCATE refresh_tokens"),
+    ("DELETE FROM refresh_tokens;", "DELETE FROM refresh_tokens (every row)"),
+    ("DELETE FROM refresh_tokens WHERE expires_at < now();", "DELETE FROM refresh_tokens"),
+    ("CREATE OR REPLACE FUNCTION f() RETURNS trigger AS $$ BEGIN DROP TABLE x; END $$ LANGUAGE plpgsql;",
+     "CREATE FUNCTION f"),
+    ("-- why\nCOMMENT ON TABLE users IS 'people; with a semicolon';", "COMMENT ON TABLE users"),
+    ("SET LOCAL lock_timeout = '5s';", None),
+])
+def test_describe(statement: str, expected: str | None) -> None:
+    assert describe(statement) == expected
+
+
+def migration(sql: str, *, transactional: bool = True) -> MigrationFile:
+    return MigrationFile("900", "x", "900_x.sql", sql, None, checksum_of(sql), transactional)
+
+
+def test_squawk_is_installed() -> None:
+    assert find_squawk(), "squawk-cli is in requirements-dev.txt: the review depends on it"
+
+
+def test_review_uses_squawk_and_adds_only_what_squawk_has_no_rule_for() -> None:
+    review = review_migration(migration(
+        "SET LOCAL lock_timeout = '5s';\n"
+        "CREATE INDEX users_name_idx ON users (name);\n"
+        "ALTER TABLE users DROP COLUMN legacy;\n"
+        "TRUNCATE sessions;\n"
+        "TRUNCATE audit CASCADE;\n"
+        "CREATE TABLE fresh (id bigint PRIMARY KEY);\n"
+        "CREATE INDEX fresh_idx ON fresh (id);\n"
+    ), squawk_config=REPO / ".squawk.toml")
+    found = {(f.kind, f.line, f.rule) for f in review.warnings}
+    assert found == {
+        (BLOCKING, 2, "require-concurrent-index-creation"),
+        (DESTRUCTIVE, 3, "ban-drop-column"),
+        (DESTRUCTIVE, 4, "review:truncate"),  # squawk only bans TRUNCATE ... CASCADE
+        (DESTRUCTIVE, 5, "ban-truncate-cascade"),  # squawk's finding, not a duplicate of ours
+    }  # no warning on the index of a table created in the same file (squawk knows it is empty)
+
+
+def test_review_assumes_a_transaction_only_when_the_runner_opens_one() -> None:
+    # A file that fails half-way leaves its first statements applied only without the transaction.
+    sql = "CREATE TABLE fresh (id bigint PRIMARY KEY);\nCREATE TABLE other (id bigint PRIMARY KEY);\n"
+    in_tx = {f.rule for f in review_migration(migration(sql, transactional=True)).findings}
+    no_tx = {f.rule for f in review_migration(migration(sql, transactional=False)).findings}
+    assert "prefer-robust-stmts" not in in_tx
+    assert "prefer-robust-stmts" in no_tx
+
+
+def test_applied_migrations_of_the_repository_have_no_warning() -> None:
+    from infra.migrate import load_migrations
+
+    for m in load_migrations(REPO / "sql"):
+        assert review_migration(m, search_from=REPO / "sql").warnings == [], m.filename
+
+
+def test_comment_knows_the_migration_type() -> None:
+    assert f"pulumi-python:{Migration._resource_type_name}" == preview_comment.MIGRATION_TYPE
+
+
+URN = "urn:pulumi:s::p::customer-insights:db:Migrations$pulumi-python:dynamic/db:Migration::{}"
+OTHER = "urn:pulumi:s::p::postgresql:index/grant:Grant::{}"
+
+
+def test_verdicts() -> None:
+    render = preview_comment.render
+    assert "✅ No changes." in render({"steps": [], "changeSummary": {"same": 3}})
+    clean = {"steps": [{"op": "create", "urn": URN.format("009_a")}],
+             "diagnostics": [{"urn": URN.format("009_a"), "severity": "info", "message": "will run: CREATE TABLE a\n"}]}
+    assert "**✅ 1 migration will run; nothing destructive or blocking found.**" in render(clean)
+    reverted = {"steps": [{"op": "delete", "urn": URN.format("009_a")},
+                          {"op": "replace", "urn": OTHER.format("g")},
+                          {"op": "create-replacement", "urn": OTHER.format("g")}]}
+    text = render(reverted)
+    assert "a down script runs, 1 resource replaced or deleted" in text
+    assert "**`009_a`** will be **reverted**" in text
+    failed = {"steps": [], "diagnostics": [{"severity": "error", "message": "error: 003 was changed\n"}]}
+    assert "**❌ The preview failed: 003 was changed**" in render(failed)
