@@ -10,6 +10,7 @@ after the matrix), and errors without secrets (which break and repair credential
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -65,7 +66,7 @@ def program():
 stack = auto.select_stack(stack_name, project_name=project, program=program, opts=auto.LocalWorkspaceOptions(
     work_dir=work_dir, env_vars=json.loads(os.environ["OLD_PROGRAM_ENV"]),
     pulumi_command=auto.PulumiCommand(root=cli_root, skip_version_check=True)))
-result = stack.up(color="never", on_output=print)
+result = stack.up(color="never", on_output=print, show_secrets=False)
 print("RESOURCE_CHANGES=" + json.dumps(result.summary.resource_changes))
 """
 
@@ -112,7 +113,12 @@ class Live:
         return dict(self.outputs()["connection_urls"])
 
     def run(self, command: Callable[..., Any], **kwargs: Any) -> Any:
-        """A stack command whose output is kept (for the secret checks); failures re-raised."""
+        """A stack command whose output is kept (for the secret checks); failures re-raised.
+
+        Secrets are shown as the CLI shows them (the Automation API's up/refresh default to showing them).
+        """
+        if "show_secrets" in inspect.signature(command).parameters:
+            kwargs.setdefault("show_secrets", False)
         try:
             return command(color="never", on_output=self.logs.append, **kwargs)
         except auto.errors.CommandError as exc:
@@ -167,7 +173,9 @@ def live(pulumi_cli: auto.PulumiCommand, tmp_path_factory: pytest.TempPathFactor
         "protectData": auto.ConfigValue("false"),
     }, project=PROJECT)
     try:
-        env = {**os.environ, "OLD_PROGRAM_ENV": json.dumps(stack.workspace.env_vars)}
+        # PYTHONPATH: the dynamic-provider host unpickles the old program's providers from the old tree too
+        old_env = {**stack.workspace.env_vars, "PYTHONPATH": str(old)}
+        env = {**os.environ, "OLD_PROGRAM_ENV": json.dumps(old_env), "PYTHONPATH": str(old)}
         with ProcessWatch() as watch:
             before_up = subprocess.run(
                 [sys.executable, "-c", OLD_PROGRAM_UP, str(old), stack.workspace.work_dir, stack.name, PROJECT,
