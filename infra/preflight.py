@@ -12,6 +12,9 @@ import psycopg
 import pulumi
 
 MIN_SERVER_VERSION = 130000  # gen_random_uuid() is built in from PostgreSQL 13
+# Bounds every connection attempt of the checks: an unreachable host (a firewall dropping packets, a
+# server that accepts TCP and never answers) fails preview in seconds instead of hanging it.
+CONNECT_TIMEOUT = 10
 
 
 class PreflightError(pulumi.RunError):
@@ -31,18 +34,26 @@ def check_external_server(
     try:
         conn = psycopg.connect(
             host=host, port=port, user=user, password=password, dbname=dbname, sslmode=sslmode,
-            connect_timeout=15, application_name="pulumi-preflight", autocommit=True,
+            connect_timeout=CONNECT_TIMEOUT, application_name="pulumi-preflight", autocommit=True,
         )
     except psycopg.OperationalError as exc:
-        raise PreflightError(
-            f"Cannot connect to the external server as {where}: {str(exc).strip()}\n"
-            "Check externalHost/externalPort/externalAdminUser/externalAdminPassword/externalSslMode."
-        ) from exc
+        raise PreflightError(_connect_failure(where, str(exc).strip())) from exc
     with conn:
         version_num = int(conn.execute("SHOW server_version_num").fetchone()[0])  # type: ignore[index]
         version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
         if version_num < MIN_SERVER_VERSION:
             raise PreflightError(f"{where} runs PostgreSQL {version}; this stack needs 13 or later.")
+        superuser, createrole, createdb = conn.execute(
+            "SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = current_user"
+        ).fetchone() or (False, False, False)
+        missing = [name for name, has in (("CREATEROLE", createrole), ("CREATEDB", createdb)) if not has]
+        if not superuser and missing:
+            raise PreflightError(
+                f"The admin user {user!r} on {host}:{port} lacks {' and '.join(missing)}: the stack creates four "
+                "login roles and the application database with it. Grant it as a superuser "
+                f"(ALTER ROLE {user} {' '.join(missing)}; the master user of RDS, Cloud SQL and Azure has both), "
+                "or set externalAdminUser to an admin that has them. Nothing was created."
+            )
         available = conn.execute(
             "SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron'"
         ).fetchone()
@@ -73,7 +84,7 @@ def check_external_server(
     try:
         psycopg.connect(
             host=host, port=port, user=user, password=password, dbname=cron_database, sslmode=sslmode,
-            connect_timeout=15, application_name="pulumi-preflight",
+            connect_timeout=CONNECT_TIMEOUT, application_name="pulumi-preflight",
         ).close()
     except psycopg.OperationalError as exc:
         raise PreflightError(
@@ -82,3 +93,28 @@ def check_external_server(
             "pg_cron extension and schedule the job: GRANT CONNECT ON DATABASE to it. Nothing was created."
         ) from exc
     return ServerFacts(version=version, cron_database=cron_database)
+
+
+def _connect_failure(where: str, error: str) -> str:
+    """What failed when connecting as the admin, and which config key fixes it."""
+    if "password authentication failed" in error or "no password supplied" in error:
+        cause = (
+            "the server rejected the admin password. Set the right one with "
+            "`pulumi config set --secret externalAdminPassword <password>` (and check externalAdminUser)"
+        )
+    elif "timeout expired" in error:
+        cause = (
+            f"no answer within {CONNECT_TIMEOUT} s: the host drops the connection or nothing answers on it. "
+            "Check externalHost/externalPort, that the server is running, and that a firewall or security "
+            "group lets this machine reach it"
+        )
+    elif "Connection refused" in error:
+        cause = (
+            "nothing listens on that host and port (connection refused). Check externalHost/externalPort and "
+            "that the server is running"
+        )
+    elif "could not translate host name" in error or "Name or service not known" in error:
+        cause = "the host name does not resolve. Check externalHost"
+    else:
+        cause = "check externalHost/externalPort/externalAdminUser/externalAdminPassword/externalSslMode"
+    return f"Cannot connect to the external server as {where}: {error}\n{cause}. Nothing was created."
