@@ -109,3 +109,16 @@ def test_verdicts() -> None:
     assert "**`009_a`** will be **reverted**" in text
     failed = {"steps": [], "diagnostics": [{"severity": "error", "message": "error: 003 was changed\n"}]}
     assert "**❌ The preview failed: 003 was changed**" in render(failed)
+
+
+def test_workflows_pin_the_cli_of_versions_env_and_find_the_comment_by_its_marker() -> None:
+    from scripts.stack import toolchain_pins
+
+    cli = toolchain_pins()["PULUMI_CLI_VERSION"]
+    for name in ("pulumi-preview.yml", "pulumi-up.yml"):
+        text = (REPO / ".github" / "workflows" / name).read_text()
+        assert f'pulumi-version: "{cli}"' in text, name
+        assert "uses: pulumi/actions@v6" in text and "secrets.PULUMI_CONFIG_PASSPHRASE" in text, name
+    preview = (REPO / ".github" / "workflows" / "pulumi-preview.yml").read_text()
+    assert f"marker='{preview_comment.COMMENT_MARKER}'" in preview
+    assert preview_comment.render({"steps": []}).rstrip().endswith(preview_comment.COMMENT_MARKER)
