@@ -2,7 +2,8 @@
 # Sets up everything this project needs on a fresh machine, offline, idempotently:
 #   1. Debian packages (PostgreSQL 15 + pg_cron for tests and external mode, build tools)
 #   2. the Python virtualenv (.venv) with requirements-dev.txt
-#   3. the Pulumi toolchain built from its Go modules (bootstrap/pulumi-toolchain.sh)
+#   3. the Pulumi toolchain: the CLI from its Go module, the Python language host and the docker,
+#      postgresql and random plugins from ../shared/third_party (bootstrap/pulumi-toolchain.sh)
 #   4. a running Docker engine (bootstrap/docker-engine.sh)
 #   5. the local PostgreSQL + pg_cron image (bootstrap/postgres-image/build.sh)
 # Each step caches its result (stamp files keyed by inputs, binaries keyed by version), so a
@@ -47,6 +48,7 @@ bash "$BOOTSTRAP_DIR/postgres-image/build.sh"
 
 step "Summary"
 while IFS=$'\t' read -r component state detail; do
-  printf '    %-22s %-8s %s\n' "$component" "$state" "$([ "$state" = ok ] && printf '%s' "$detail" || printf 'see README, "Blocked here"')"
+  printf '    %-22s %-4s %s\n' "$component" "$state" "$detail"
 done <"$STATUS_FILE"
-info "done in $(( $(date +%s) - _t0 ))s"
+info "Go caches: $(du -sh "$(go env GOMODCACHE)" 2>/dev/null | cut -f1) modules, $(du -sh "$(go env GOCACHE)" 2>/dev/null | cut -f1) build cache (README: reclaiming disk)"
+info "done in $(elapsed)s"

@@ -39,4 +39,3 @@ with_heartbeat() { # label command...
 export PULUMI_SKIP_UPDATE_CHECK=true
 export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true
 export PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK=true
-export GOFLAGS=-mod=mod

@@ -10,6 +10,8 @@
 # Writes one line per component to $STATUS_FILE: "<component> ok <detail>".
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# go.sum files are completed from the proxy (upstream's own builds do the same).
+export GOFLAGS=-mod=mod
 
 mkdir -p "$PULUMI_BIN_DIR" "$PLUGIN_BIN_DIR" "$BUILD_DIR"
 : >"$STATUS_FILE"
@@ -140,13 +142,8 @@ fi
 record language-host ok "v$lh_version"
 
 # --- Provider plugins --------------------------------------------------------------------------
-installed_plugin_path() { # name version -> path of the installed binary, if any
-  "$PULUMI" plugin ls --json 2>/dev/null | python3 -c '
-import json, os, sys
-name, version = sys.argv[1], sys.argv[2]
-for p in json.load(sys.stdin) or []:
-    if p["name"] == name and p["kind"] == "resource" and p["version"] == version:
-        print(os.path.join(p["path"], "pulumi-resource-" + name)); break' "$1" "$2"
+installed_plugin_path() { # name version -> where `pulumi plugin install` puts the binary
+  printf '%s/plugins/resource-%s-v%s/pulumi-resource-%s' "${PULUMI_HOME:-$HOME/.pulumi}" "$1" "$2" "$1"
 }
 
 # Upstream's recipe (its Makefile): apply patches/ to the Terraform provider in upstream/, write
@@ -179,7 +176,7 @@ provider() { # name major version
   key=$(source_hash "${sources[@]}")
   binary="$PLUGIN_BIN_DIR/pulumi-resource-$name-v$version-$key"
   installed=$(installed_plugin_path "$name" "$version")
-  if [ -x "$binary" ] && [ -n "$installed" ] && cmp -s "$binary" "$installed"; then
+  if [ -x "$binary" ] && [ -x "$installed" ] && cmp -s "$binary" "$installed"; then
     info "cached and installed (sources $key)"
     record "plugin-$name" ok "v$version (sources $key)"; return
   fi

@@ -1,9 +1,9 @@
 """`pulumi up/preview/destroy/output` of a stack of this project through the Automation API.
 
-The Pulumi CLI built by the bootstrap has no Python language host (see README, "Offline
-toolchain"), so this runs `__main__.py` as an inline program: Pulumi's Python SDK serves it to the
-engine itself. State lives in a local file backend (default: .pulumi-state/ in the repository).
-With the official installer's CLI, `pulumi up` in this directory does the same.
+The everyday path is the CLI itself (`source bootstrap/env.sh; pulumi up`). This runs the same
+`__main__.py` as an Automation API inline program (Pulumi's Python SDK serves it to the engine),
+for tools and tests that drive stacks from Python. State lives in a local file backend (default:
+.pulumi-state/ in the repository).
 
     python scripts/stack.py up dev
     python scripts/stack.py preview dev
@@ -92,10 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "Cannot run `pulumi " + args.command + "`: these provider plugins are not installed: "
             + ", ".join(missing) + ".\n"
-            "With internet: `pulumi plugin install resource NAME VERSION` (or install Pulumi with the official\n"
-            "installer). Offline, bootstrap/pulumi-toolchain.sh builds them from their Go modules; on this\n"
-            "machine kind the Go module proxy refuses those modules (README, \"Blocked here\"). A plugin binary\n"
-            "brought from elsewhere installs with `pulumi plugin install resource NAME VERSION --file BINARY`.",
+            "Run `bash bootstrap/bootstrap.sh`: it builds and installs them from ../shared/third_party.\n"
+            "With internet: `pulumi plugin install resource NAME VERSION` (or the official installer).",
             file=sys.stderr,
         )
         return 2
