@@ -7,7 +7,9 @@ container mode here. README, "Drift", has the table.
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,11 @@ CONTAINER = "docker:index/container:Container"
 def resources(stack: auto.Stack) -> dict[str, dict[str, Any]]:
     """Custom resources by name (components share names with their children)."""
     return {r["urn"].rsplit("::", 1)[1]: r for r in stack.export_stack().deployment["resources"] if r.get("custom")}
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def scalar(dsn: str, query: str, params: tuple[Any, ...] = ()) -> Any:
@@ -96,7 +103,8 @@ def test_refresh_finds_and_up_repairs_unscheduled_job_revoked_grant_deleted_trac
 
 
 def test_refresh_finds_and_up_repairs_a_removed_container(provider_plugins, new_stack):
-    stack = stack_of(new_stack, {"hostPort": free_port(), "protectData": "false"})
+    port = free_port()
+    stack = stack_of(new_stack, {"hostPort": port, "protectData": "false"})
     outputs = {k: v.value for k, v in stack.up(color="never").outputs.items()}
     app_url = outputs["connection_urls"]["app"]
     with psycopg.connect(app_url) as conn:
@@ -107,6 +115,9 @@ def test_refresh_finds_and_up_repairs_a_removed_container(provider_plugins, new_
     # Everything else on that server is unreachable now: refresh only the container.
     stack.refresh(color="never", target=[container["urn"]])
     assert not any(r["type"] == CONTAINER for r in stack.export_stack().deployment["resources"])
+    deadline = time.monotonic() + 15  # docker releases the published port shortly after `rm`
+    while port_open(port) and time.monotonic() < deadline:
+        time.sleep(0.2)
     result = stack.up(color="never")
     assert (result.summary.resource_changes or {}).get("create") == 1, result.summary.resource_changes
     with psycopg.connect(app_url) as conn:  # the data lives in the volume, not the container
