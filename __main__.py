@@ -20,12 +20,13 @@ from infra.components.database import (
 )
 from infra.components.migrations import Migrations, MigrationsArgs, checked_migrations
 from infra.components.privileges import PrivilegeSequence
+from infra.components.protection import DataProtection
 from infra.components.scheduled_job import ScheduledJobArgs, TokenCleanupJob
-from infra.components.server import PostgresServer, PostgresServerArgs
+from infra.components.server import PostgresServer, PostgresServerArgs, check_container_host, container_name
 from infra.preflight import check_external_server
 
 pulumi_config = pulumi.Config()
-cfg = stack_config.load(pulumi_config, namespace=pulumi.get_project())
+cfg = stack_config.load(pulumi_config, namespace=pulumi.get_project(), stack=pulumi.get_stack())
 migrations_dir = str(Path(__file__).resolve().parent / cfg.migrations.directory)
 checked_migrations(migrations_dir, cfg.migrations.accept_checksums)
 
@@ -37,11 +38,17 @@ if isinstance(cfg.server, stack_config.ExternalServer):
         dbname=cfg.server.admin_database, sslmode=cfg.server.sslmode,
     )
     cron_database = facts.cron_database
+    container_resources: list[pulumi.Resource] = []
     admin = AdminConnection(
         host=cfg.server.host, port=cfg.server.port, username=cfg.server.admin_user, password=admin_password,
         sslmode=cfg.server.sslmode, database=cfg.server.admin_database, superuser=cfg.server.superuser,
     )
 else:
+    # Before anything is declared: the engine answers, the image is there and is PostgreSQL 15, the port is free.
+    check_container_host(
+        image=cfg.server.image, bind_address=cfg.server.bind_address, host_port=cfg.server.host_port,
+        container=container_name("postgres", pulumi.get_stack()), docker_host=pulumi.Config("docker").get("host"),
+    )
     superuser_password = random.RandomPassword("superuser-password", length=cfg.password_length, special=False)
     cron_database = cfg.database
     server = PostgresServer(
@@ -49,9 +56,10 @@ else:
         PostgresServerArgs(
             image=cfg.server.image, host_port=cfg.server.host_port, bind_address=cfg.server.bind_address,
             superuser=cfg.server.superuser, superuser_password=superuser_password.result,
-            cron_database=cfg.database,
+            cron_database=cfg.database, protect_data=cfg.protect_data,
         ),
     )
+    container_resources = [superuser_password, server]
     admin = AdminConnection(
         host=server.host, port=server.port, username=cfg.server.superuser, password=superuser_password.result,
         sslmode="disable", database="postgres", superuser=True,
@@ -62,7 +70,7 @@ privileges = PrivilegeSequence()
 db = DatabaseAndRoles(
     "app-db",
     DatabaseAndRolesArgs(admin=admin, database=cfg.database, roles=cfg.roles, password_length=cfg.password_length,
-                         privileges=privileges,
+                         privileges=privileges, protect_data=cfg.protect_data,
                          password_keepers={purpose: cfg.rotation_keepers(purpose) for purpose in PURPOSES}),
 )
 owner = db.credentials["owner"]
@@ -77,8 +85,12 @@ migrations = Migrations(
         },
         accept_checksums=cfg.migrations.accept_checksums,
         keep_data_on_destroy=cfg.migrations.keep_data_on_destroy,
+        allow_out_of_order=cfg.migrations.allow_out_of_order,
+        fixes=stack_config.migration_fixes(pulumi.get_project()),
         after=[db],
     ),
+    # Reverting a migration drops data: protected with the database (children inherit `protect`).
+    opts=pulumi.ResourceOptions(protect=cfg.protect_data),
 )
 
 # The exceptions to the default privileges (secret columns, migration history, the procedure).
@@ -105,8 +117,12 @@ cleanup = TokenCleanupJob(
         batch_size=cfg.cleanup_job.batch_size,
         after=[migrations],
         privileges=privileges,
+        keep_extension_on_destroy=isinstance(cfg.server, stack_config.ExternalServer),
     ),
 )
+
+# protectData: `pulumi destroy` stops before it deletes anything (see DataProtection for why this is needed).
+DataProtection("protectData", cfg.protect_data, [*container_resources, db, migrations, table_privileges, cleanup])
 
 app = db.credentials["app"]
 pulumi.export("mode", cfg.mode)

@@ -12,7 +12,6 @@ import pulumi_postgresql as postgresql
 import pulumi_random as random
 
 from infra.components.privileges import PrivilegeSequence
-from infra.components.scheduled_job import CLEANUP_PROCEDURE
 from infra.config import RoleNames
 
 TABLE_WRITE = ["SELECT", "INSERT", "UPDATE", "DELETE"]
@@ -58,6 +57,7 @@ class DatabaseAndRolesArgs:
     privileges: PrivilegeSequence
     # RandomPassword keepers per role purpose (config passwordRotation): a change makes a new password.
     password_keepers: Mapping[str, Mapping[str, str] | None] = field(default_factory=dict)
+    protect_data: bool = False  # config protectData: Pulumi `protect` on the database (issue 10)
 
 
 @dataclass
@@ -134,7 +134,7 @@ class DatabaseAndRoles(pulumi.ComponentResource):
             lc_ctype="C.UTF-8",
             template="template0",
             connection_limit=-1,
-            opts=on_server,
+            opts=pulumi.ResourceOptions.merge(on_server, pulumi.ResourceOptions(protect=args.protect_data)),
         )
         in_database = pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[self.database])
 
@@ -210,8 +210,8 @@ class TablePrivileges(pulumi.ComponentResource):
     - The migration history is written by the owner alone: the application role gets nothing on it
       (it needs no migration history; the stack output `migrations` lists the applied versions).
       The read-only role keeps reading it. The cleanup role never had any privilege on it.
-    - The cleanup procedure is executable by the cleanup role only (its grant is the job's): PUBLIC
-      loses the EXECUTE every new routine gets.
+    (The cleanup procedure needs no exception here: its migration, 008, revokes EXECUTE from PUBLIC,
+    and the job grants it to the cleanup role.)
 
     A Grant with no privileges runs `REVOKE ALL` on its objects and keeps them so: this is how an
     existing stack converges with one `pulumi up`, whatever the default privileges gave before.
@@ -235,8 +235,6 @@ class TablePrivileges(pulumi.ComponentResource):
                   columns=list(columns), privileges=["SELECT"])
         grant("app-history-revoke", role=args.roles["app"].name, object_type="table",
               objects=[MIGRATION_HISTORY], privileges=[])
-        grant("public-procedure-revoke", role="public", object_type="procedure", objects=[CLEANUP_PROCEDURE],
-              privileges=[])
         self.register_outputs({})
 
 

@@ -28,6 +28,8 @@ class ScheduledJobArgs:
     batch_size: int
     after: list[pulumi.Resource]  # the migrations that create the table and the procedure
     privileges: PrivilegeSequence  # see infra/components/privileges.py
+    # A server shared with others (external mode) keeps pg_cron on destroy: other jobs may use it.
+    keep_extension_on_destroy: bool = False
 
 
 class TokenCleanupJob(pulumi.ComponentResource):
@@ -43,7 +45,9 @@ class TokenCleanupJob(pulumi.ComponentResource):
         super().__init__("customer-insights:db:TokenCleanupJob", name, None, opts)
         on_server = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=args.after)
         extension = postgresql.Extension(
-            f"{name}-pg-cron", name="pg_cron", database=args.cron_database, opts=on_server
+            f"{name}-pg-cron", name="pg_cron", database=args.cron_database,
+            opts=pulumi.ResourceOptions.merge(on_server, pulumi.ResourceOptions(
+                retain_on_delete=args.keep_extension_on_destroy)),
         )
 
         sequence = args.privileges

@@ -30,6 +30,8 @@ def program() -> None:
 
 
 def stack_of(new_stack, config: dict[str, Any]) -> auto.Stack:
+    # Test stacks are thrown away: unprotected unless a test says otherwise (the default protects them).
+    config = {"protectData": "false", **config}
     return new_stack(program, {k: auto.ConfigValue(value=str(v), secret=k == "externalAdminPassword")
                                for k, v in config.items()}, project=PROJECT)
 
@@ -117,6 +119,7 @@ def test_external_mode_on_a_server_started_on_this_machine(provider_plugins, new
             assert conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s)",
                                 (list(outputs["roles"].values()),)).fetchone() == (0,)
         with psycopg.connect(admin.dsn("scheduler")) as conn:
+            # The job is gone; pg_cron itself stays: on a shared server other jobs may depend on it.
             assert conn.execute("SELECT count(*) FROM cron.job").fetchone() == (0,)
     finally:
         server.stop()

@@ -393,8 +393,8 @@ def test_container_mode_inventory(run: ProgramRun) -> None:
         RANDOM_PASSWORD: 5,  # the superuser's and one per role
         PG_PROVIDER: 1, ROLE: 4, DATABASE: 1,
         # revoke from PUBLIC, CONNECT + USAGE per non-owner role, the job's four, and the exceptions to the
-        # default privileges: 2 secret-column tables x (revoke + columns), history, procedure
-        GRANT: 1 + 3 * 2 + 4 + 2 * 2 + 1 + 1,
+        # default privileges: 2 secret-column tables x (revoke + columns), the migration history
+        GRANT: 1 + 3 * 2 + 4 + 2 * 2 + 1,
         DEFAULT_PRIVILEGES: 4, EXTENSION: 1,
         MIGRATION: len(migration_files()), CRON_JOB: 1,
     }
@@ -960,15 +960,12 @@ def test_read_only_role_reads_secret_tables_column_by_column_never_the_secret_co
         assert revoke.urn in upstream_of(run, columns)  # REVOKE ALL also drops column grants: revoke first
 
 
-def test_migration_history_and_cleanup_procedure_exceptions(run: ProgramRun) -> None:
+def test_migration_history_exception(run: ProgramRun) -> None:
     grants = exceptions_to_default_privileges(run)
     history = grants["table-privileges-app-history-revoke"]
     assert (history["role"], grant_summary(history)) == (
         ROLES["app"], ("table", "public", ("schema_migrations",), (), ()))
-    procedure = grants["table-privileges-public-procedure-revoke"]
-    assert (procedure["role"], grant_summary(procedure)) == (
-        "public", ("procedure", "public", ("delete_expired_refresh_tokens",), (), ()))
-    assert len(grants) == 6
+    assert len(grants) == 5  # (008 itself revokes EXECUTE on the cleanup procedure from PUBLIC)
     for grant in grants.values():
         assert grant["database"] == "insights_test"
         assert run.provider_of(grant).name == "app-db-admin"
