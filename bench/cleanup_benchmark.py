@@ -4,7 +4,7 @@
     python bench/cleanup_benchmark.py --rows 1000000 --rows 10000000
 
 For each size: a throwaway PostgreSQL 15 cluster (tests/support/local_postgres.py) with durable
-settings, the real schema (sql/NNN_*.sql applied in order, one transaction per file), a template
+settings, the real schema (sql/ applied by infra.migrate, as `pulumi up` does), a template
 database holding `rows` refresh tokens (half expired, expired/live randomly interleaved on the
 heap pages), and then, for every variant, a fresh copy of that template (CREATE DATABASE ...
 TEMPLATE ... STRATEGY FILE_COPY: byte-identical heap and indexes), VACUUM ANALYZE + CHECKPOINT,
@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import glob
 import json
 import os
 import platform
@@ -63,6 +62,7 @@ from psycopg import sql
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from infra.migrate import Migrator, load_migrations  # noqa: E402
 from tests.support.local_postgres import LocalPostgres  # noqa: E402
 
 DURABLE_SETTINGS = {
@@ -161,14 +161,10 @@ def log_since(server: LocalPostgres, offset: int) -> str:
 
 
 def apply_migrations(dsn: str) -> list[str]:
-    files = sorted(
-        p for p in glob.glob(str(REPO / "sql" / "[0-9][0-9][0-9]_*.sql")) if not p.endswith(".down.sql")
-    )
-    with psycopg.connect(dsn) as conn:
-        for path in files:
-            with conn.transaction():
-                conn.execute(Path(path).read_text())
-    return [os.path.basename(p) for p in files]
+    """The real schema, applied as `pulumi up` applies it (infra.migrate); the files applied."""
+    migrations = load_migrations(REPO / "sql")
+    Migrator(dsn).apply_all(migrations)
+    return [m.filename for m in migrations]
 
 
 def schema_fingerprint(conn: psycopg.Connection) -> list[str]:

@@ -93,6 +93,21 @@ class Migrations:
     directory: str
     accept_checksums: frozenset[str]
     keep_data_on_destroy: bool
+    # allowOutOfOrder: apply a pending file numbered below the highest applied version (refused by default).
+    allow_out_of_order: bool = False
+
+
+def migration_fixes(namespace: str) -> dict[str, str]:
+    """How a user of this program accepts what the migration library refuses, in this program's config
+    keys (the library and the Migration resource know none); `{version}` stands for the migration's."""
+    return {
+        "accept_checksum": f'add "{{version}}" to the stack config `{namespace}:acceptChecksums` and run '
+                           '`pulumi up` (see README, "Migrations")',
+        "allow_out_of_order": f"set the stack config `{namespace}:allowOutOfOrder` to true "
+                              "(`pulumi config set allowOutOfOrder true`), run `pulumi up`, then remove it "
+                              "(`pulumi config rm allowOutOfOrder`)",
+        "keep_data": f"`{namespace}:keepDataOnDestroy` is true",
+    }
 
 
 @dataclass(frozen=True)
@@ -279,6 +294,7 @@ def load(source: ConfigSource, namespace: str) -> StackConfig:
         directory=r.text("migrationsDir", "sql"),
         accept_checksums=frozenset(accept),
         keep_data_on_destroy=r.boolean("keepDataOnDestroy", False),
+        allow_out_of_order=r.boolean("allowOutOfOrder", False),
     )
 
     cleanup_job = CleanupJob(

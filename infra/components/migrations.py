@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,10 @@ class MigrationsArgs:
     connection: dict[str, pulumi.Input[Any]]
     accept_checksums: frozenset[str] = field(default_factory=frozenset)
     keep_data_on_destroy: bool = False
+    # Apply a pending file numbered below the highest applied version (refused by default).
+    allow_out_of_order: bool = False
+    # How the program words accepting what the library refuses (`infra.config.migration_fixes`).
+    fixes: Mapping[str, str] = field(default_factory=dict)
     # What must exist first (the database, its roles and grants). The first migration depends on
     # these directly, so the state records it and destroy reverts the schema before revoking them.
     after: list[pulumi.Resource] = field(default_factory=list)
@@ -95,6 +100,8 @@ class Migrations(pulumi.ComponentResource):
                 connection=args.connection,
                 accept_checksum=migration.version in args.accept_checksums,
                 keep_on_destroy=args.keep_data_on_destroy,
+                allow_out_of_order=args.allow_out_of_order,
+                fixes=args.fixes,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[previous] if previous else args.after),
             )
             if pulumi.runtime.is_dry_run():

@@ -7,10 +7,12 @@ script even after the file has left the repository, and `pulumi preview` can tel
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, Resource, UpdateResult
+from pulumi.runtime import rpc
 
 from infra.dynamic.base import (
     DiffingProvider,
@@ -19,7 +21,16 @@ from infra.dynamic.base import (
     renamed_from_generic_type,
     secret_connection,
 )
-from infra.migrate import ChecksumMismatchError, MigrationFile, Migrator
+from infra.migrate import (
+    AppliedMigration,
+    ChecksumMismatchError,
+    MigrationFile,
+    MigrationsError,
+    Migrator,
+    OutOfOrderMigrationError,
+    check_order,
+    highest_of,
+)
 
 APPLICATION_NAME = "pulumi-migrations"
 
@@ -37,7 +48,41 @@ def _migration(props: dict[str, Any]) -> MigrationFile:
 
 
 def _migrator(props: dict[str, Any]) -> Migrator:
-    return Migrator(conninfo(props, application_name=APPLICATION_NAME), log=pulumi.log.info)
+    return Migrator(conninfo(props, application_name=APPLICATION_NAME), log=pulumi.log.info,
+                    allow_out_of_order=bool(props.get("allow_out_of_order")))
+
+
+def _fix(props: dict[str, Any], refusal: str) -> str | None:
+    """The program's words for accepting a refusal of the library (input `fixes`), if it gave any."""
+    text = (props.get("fixes") or {}).get(refusal)
+    return text.replace("{version}", str(props.get("version"))) if text else None
+
+
+# The tracking table as read once per database by this provider process (one preview or up), so
+# checking pending migrations costs one query, not one each. It can only lag behind migrations applied
+# since: that may hide a refusal here, never invent one, and create() checks again under the lock.
+_applied_by_database: dict[tuple[Any, ...], dict[str, AppliedMigration] | None] = {}
+
+
+def _out_of_order(news: dict[str, Any]) -> str | None:
+    """Why a pending migration must not be applied (a higher version is), checked in `preview`."""
+    connection = ("host", "port", "dbname", "user", "password")
+    if news.get("allow_out_of_order") or any(news.get(k) in (None, rpc.UNKNOWN) for k in connection):
+        return None  # unknown connection: the database is being created, nothing is applied there yet
+    key = (news["host"], news["port"], news["dbname"])
+    if key not in _applied_by_database:
+        try:
+            _applied_by_database[key] = _migrator(news).applied()
+        except MigrationsError:  # not reachable yet (a server being replaced): create() decides
+            _applied_by_database[key] = None
+    applied = _applied_by_database[key]
+    if not applied or news["version"] in applied:
+        return None
+    try:
+        check_order(_migration(news), highest_of(applied.values()))
+    except OutOfOrderMigrationError as refused:
+        return str(refused.with_fix(_fix(news, "allow_out_of_order")))
+    return None
 
 
 def _outs(props: dict[str, Any], record: Any, adopted: bool) -> dict[str, Any]:
@@ -55,7 +100,7 @@ def _checksum_mismatch(olds: dict[str, Any], news: dict[str, Any]) -> ChecksumMi
         return None
     return ChecksumMismatchError(
         filename=news["filename"], version=news["version"], recorded=olds.get("checksum", "?"),
-        current=news["checksum"],
+        current=news["checksum"], fix=_fix(news, "accept_checksum"),
     )
 
 
@@ -65,7 +110,7 @@ class MigrationProvider(DiffingProvider):
     # ones, since destroy and refresh connect with what the state holds.
     replace_keys: ClassVar[frozenset[str]] = frozenset({"version", "name", "filename"})
     ignored_keys: ClassVar[frozenset[str]] = frozenset(
-        {"accept_checksum", "applied_at", "duration_ms", "applied_by", "adopted"}
+        {"accept_checksum", "allow_out_of_order", "fixes", "applied_at", "duration_ms", "applied_by", "adopted"}
     )
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
@@ -77,6 +122,8 @@ class MigrationProvider(DiffingProvider):
         """
         if mismatch := _checksum_mismatch(olds, news):
             return CheckResult(news, [CheckFailure("", str(mismatch))])
+        if not olds and (refusal := _out_of_order(news)):
+            return CheckResult(news, [CheckFailure("", refusal)])
         return CheckResult(news, [])
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
@@ -86,7 +133,10 @@ class MigrationProvider(DiffingProvider):
         return super().diff(_id, olds, news)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        record, adopted = _migrator(props).apply(_migration(props))
+        try:
+            record, adopted = _migrator(props).apply(_migration(props))
+        except OutOfOrderMigrationError as refused:  # `up` without a preview, or a file applied meanwhile
+            raise refused.with_fix(_fix(props, "allow_out_of_order")) from None
         return CreateResult(id_=props["version"], outs=_outs(props, record, adopted))
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
@@ -106,7 +156,7 @@ class MigrationProvider(DiffingProvider):
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         if props.get("keep_on_destroy"):
-            pulumi.log.info(f"{props['filename']}: kept (customer-insights-db:keepDataOnDestroy is true)")
+            pulumi.log.info(f"{props['filename']}: kept ({_fix(props, 'keep_data') or 'keep_on_destroy is set'})")
             return
         _migrator(props).revert(_migration(props))
 
@@ -141,6 +191,8 @@ class Migration(Resource, module="db", name="Migration"):
         connection: dict[str, pulumi.Input[Any]],
         accept_checksum: bool,
         keep_on_destroy: bool,
+        allow_out_of_order: bool = False,
+        fixes: Mapping[str, str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         props: dict[str, Any] = {
@@ -154,6 +206,9 @@ class Migration(Resource, module="db", name="Migration"):
             "transactional": migration.transactional,
             "accept_checksum": accept_checksum,
             "keep_on_destroy": keep_on_destroy,
+            "allow_out_of_order": allow_out_of_order,
+            # How the program words accepting a refusal (its config keys); see infra.migrate's errors.
+            "fixes": dict(fixes or {}),
             "applied_at": None,
             "duration_ms": None,
             "applied_by": None,

@@ -2,14 +2,15 @@
 
     from infra.migrate import Migrator, load_migrations
 
-    migrator = Migrator(conninfo, log=print)
-    for m in load_migrations("sql"):
-        record, adopted = migrator.apply(m)
+    Migrator(conninfo, log=print).apply_all(load_migrations("sql"))   # or .apply(m) file by file
 
 Files: `sql/NNN_snake_name.sql` (+ optional `NNN_snake_name.down.sql`), see `files`. Tracking table:
 `public.schema_migrations`, see `tracking`. Concurrency: a session-level advisory lock on the fixed
 key `LOCK_KEY` (-4344450105921422089, derived from "customer-insights:schema_migrations"), see
-`locking`. CLI: `python -m infra.migrate --help`.
+`locking`. Order: a pending file below the highest applied version is refused
+(`OutOfOrderMigrationError`) unless `Migrator(..., allow_out_of_order=True)`, see `runner`.
+Errors state facts (file, version, checksums) and the ways out; a caller that offers a way to accept a
+refusal words it in its own terms (`RefusedMigrationError.with_fix`). CLI: `python -m infra.migrate --help`.
 """
 
 from .errors import (
@@ -18,6 +19,8 @@ from .errors import (
     MigrationFailedError,
     MigrationFileError,
     MigrationsError,
+    OutOfOrderMigrationError,
+    RefusedMigrationError,
 )
 from .files import (
     NO_TRANSACTION_MARKER,
@@ -28,9 +31,9 @@ from .files import (
     next_migration_paths,
 )
 from .locking import LOCK_KEY, LOCK_NAME
-from .runner import Migrator
+from .runner import Migrator, check_order
 from .statements import Statement, split_statements
-from .tracking import AppliedMigration
+from .tracking import AppliedMigration, highest_of
 
 __all__ = [
     "LOCK_KEY",
@@ -44,8 +47,12 @@ __all__ = [
     "MigrationFileError",
     "MigrationsError",
     "Migrator",
+    "OutOfOrderMigrationError",
+    "RefusedMigrationError",
     "Statement",
+    "check_order",
     "checksum_of",
+    "highest_of",
     "is_transactional",
     "load_migrations",
     "next_migration_paths",

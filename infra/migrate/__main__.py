@@ -5,6 +5,7 @@ The normal path is `pulumi up` (each migration is a Pulumi resource); this CLI i
 
     python -m infra.migrate status            # version, name, applied/pending/CHANGED, applied_at, ...
     python -m infra.migrate up                # apply all pending in order, stop at the first failure
+    python -m infra.migrate up --allow-out-of-order   # also a pending file below the highest applied
     python -m infra.migrate down              # revert the last applied migration (its .down.sql)
     python -m infra.migrate new add_segments  # create sql/NNN_add_segments.sql and .down.sql
     python -m infra.migrate repair 003        # accept 003's current checksum (after a harmless edit)
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import psycopg
 
-from .errors import MigrationFileError, MigrationsError
+from .errors import ChecksumMismatchError, MigrationFileError, MigrationsError, OutOfOrderMigrationError
 from .files import DOWN_HEADER, UP_HEADER, MigrationFile, load_migrations, next_migration_paths
 from .runner import Migrator
 from .tracking import AppliedMigration
@@ -68,11 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
     _common_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in (
-        ("status", "show every migration: applied, pending or CHANGED (file edited after it was applied)"),
+        ("status", "show every migration: applied, pending (OUT-OF-ORDER: below the highest applied "
+                   "version) or CHANGED (file edited after it was applied)"),
         ("up", "apply all pending migrations in order; stop at the first failure"),
         ("down", "revert the last applied migration with its .down.sql"),
     ):
-        _common_options(sub.add_parser(name, help=help_text, description=help_text), top=False)
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        _common_options(command, top=False)
+        if name == "up":
+            command.add_argument(
+                "--allow-out-of-order",
+                action="store_true",
+                help="also apply pending migrations numbered below the highest applied version "
+                "(refused by default: they would run in another order than on a fresh database)",
+            )
     new = sub.add_parser("new", help="create the next numbered pair of migration files")
     new.add_argument("name", help="snake_case name, e.g. add_customer_segments")
     _common_options(new, top=False)
@@ -89,7 +99,19 @@ def _migrator(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Migr
     url = args.database_url or os.environ.get("DATABASE_URL")
     if not url:
         parser.error("no database: pass --database-url or set DATABASE_URL")
-    return Migrator(url, lock_timeout=args.lock_timeout, log=_say)
+    return Migrator(
+        url, lock_timeout=args.lock_timeout, log=_say,
+        allow_out_of_order=bool(getattr(args, "allow_out_of_order", False)),
+    )
+
+
+def _fix(error: MigrationsError) -> MigrationsError:
+    """The library's refusals, with how to accept them from this command line."""
+    if isinstance(error, ChecksumMismatchError):
+        return error.with_fix(f"`python -m infra.migrate repair {error.version}`")
+    if isinstance(error, OutOfOrderMigrationError):
+        return error.with_fix("`python -m infra.migrate up --allow-out-of-order`")
+    return error
 
 
 def _fmt_time(record: AppliedMigration) -> str:
@@ -101,12 +123,13 @@ def cmd_status(migrator: Migrator, migrations: list[MigrationFile]) -> int:
     rows: list[tuple[str, str, str, str, str]] = []
     counts: dict[str, int] = {}
     by_version = {m.version: m for m in migrations}
+    highest = max((int(v) for v in applied if v.isdigit()), default=-1)
     versions = sorted(set(by_version) | set(applied), key=lambda v: (int(v) if v.isdigit() else -1, v))
     for version in versions:
         m = by_version.get(version)
         record = applied.get(version)
         if record is None:
-            state = "pending"
+            state = "OUT-OF-ORDER" if int(version) < highest else "pending"
         elif m is None:
             state = "NO FILE"  # recorded, but its file is gone (renamed or deleted)
         elif record.checksum != m.checksum:
@@ -132,8 +155,12 @@ def cmd_status(migrator: Migrator, migrations: list[MigrationFile]) -> int:
     if counts.get("CHANGED"):
         print(
             "CHANGED: the file was edited after it was applied: restore it, or accept it with "
-            "`python -m infra.migrate repair VERSION` (for pulumi up: the stack config "
-            "`customer-insights-db:acceptChecksums`)."
+            "`python -m infra.migrate repair VERSION`."
+        )
+    if counts.get("OUT-OF-ORDER"):
+        print(
+            "OUT-OF-ORDER: pending, but numbered below the highest applied version: `up` refuses it; "
+            "renumber it after the highest applied version, or apply it with `up --allow-out-of-order`."
         )
     if counts.get("NO FILE"):
         print("NO FILE: recorded in public.schema_migrations, but no sql/ file has that version.")
@@ -212,7 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "repair":
             return cmd_repair(migrator, migrations, args.version)
         parser.error(f"unknown command {args.command!r}")
-    except (MigrationsError, psycopg.Error, OSError) as e:
+    except MigrationsError as e:
+        print(f"error: {_fix(e)}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+    except (psycopg.Error, OSError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return EXIT_ERROR
     except KeyboardInterrupt:

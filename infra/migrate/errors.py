@@ -108,14 +108,47 @@ def _rebuild_failed(state: dict[str, object]) -> MigrationFailedError:
     return err
 
 
-class ChecksumMismatchError(MigrationsError):
+class RefusedMigrationError(MigrationsError):
+    """A migration the library refuses to run, although its caller may accept it on purpose.
+
+    The library states the facts and the ways out; how a caller's user takes the way that accepts it
+    (a config key, a command-line flag) is the caller's to word: it passes that text as `fix`
+    (`error.with_fix(text)`), and `str()` ends with it.
+    """
+
+    fix: str | None = None
+
+    def with_fix(self, fix: str | None) -> RefusedMigrationError:
+        """A copy of this error whose message ends with `fix` (the caller's way to accept it)."""
+        copy = self.__class__.__new__(self.__class__)
+        copy.__dict__.update(self.__dict__)
+        copy.fix = fix
+        copy.args = self.args
+        return copy
+
+    def _accept(self, what: str) -> str:
+        return f"{what}: {self.fix}" if self.fix else what
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable with the keyword-only arguments and `fix`
+        return (_rebuild, (self.__class__, self.__dict__.copy(), self.args))
+
+
+def _rebuild(cls: type[RefusedMigrationError], state: dict[str, object], args: tuple[Any, ...]) -> Exception:
+    err = cls.__new__(cls)
+    err.__dict__.update(state)
+    err.args = args
+    return err
+
+
+class ChecksumMismatchError(RefusedMigrationError):
     """An applied migration's file no longer has the checksum recorded when it was applied."""
 
-    def __init__(self, filename: str, version: str, recorded: str, current: str) -> None:
+    def __init__(self, filename: str, version: str, recorded: str, current: str, *, fix: str | None = None) -> None:
         self.filename = filename
         self.version = version
         self.recorded = recorded
         self.current = current
+        self.fix = fix
         super().__init__(filename, version, recorded, current)
 
     def __str__(self) -> str:
@@ -126,9 +159,51 @@ class ChecksumMismatchError(MigrationsError):
             "Applied migrations must not be edited. Either restore the file to what was applied "
             f"(see its history: git log -p -- '*{self.filename}') and put the change in a new migration; "
             "or, if the edit is harmless (comments, formatting) or the database was changed by hand to "
-            "match the file, accept the current checksum (a repair): add "
-            f'"{self.version}" to the stack config `customer-insights-db:acceptChecksums` and run `pulumi up` '
-            f"(or, in an emergency, `python -m infra.migrate repair {self.version}`). See README."
+            "match the file, "
+            + self._accept("accept the current checksum (a repair: the new checksum is recorded, nothing runs)")
+            + "."
+        )
+
+
+class OutOfOrderMigrationError(RefusedMigrationError):
+    """A pending migration's version is below the highest applied one (a file added, e.g. by a merged
+    branch, after later versions were applied). Applied now, it would run after them here but before
+    them on a fresh database; refused unless the caller allows out-of-order migrations."""
+
+    def __init__(
+        self,
+        filename: str,
+        version: str,
+        highest_applied: str,
+        *,
+        highest_applied_name: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.filename = filename
+        self.version = version
+        self.highest_applied = highest_applied
+        self.highest_applied_name = highest_applied_name
+        self.fix = fix
+        super().__init__(filename, version, highest_applied)
+
+    @property
+    def renumbered_filename(self) -> str:
+        """The file's name after the highest applied version (same width), e.g. 010_add_notes.sql."""
+        name = self.filename.split("_", 1)[1] if "_" in self.filename else self.filename
+        number = int(self.highest_applied) + 1 if self.highest_applied.isdigit() else 0
+        return f"{number:0{max(len(self.version), len(self.highest_applied))}d}_{name}"
+
+    def __str__(self) -> str:
+        later = self.highest_applied + (f" ({self.highest_applied_name})" if self.highest_applied_name else "")
+        return (
+            f"{self.filename} (version {self.version}) is not applied, but a later version already is: "
+            f"{later}. Applied now, it would run after {self.highest_applied} here but before it on a "
+            "fresh database, so the two could end with different schemas. Refused; nothing ran.\n"
+            f"Either renumber it after {self.highest_applied} (rename it to {self.renumbered_filename}, "
+            "and its .down.sql likewise) so it runs last everywhere; or, if it depends on no migration "
+            "after it and none depends on it, "
+            + self._accept("apply it out of order")
+            + "."
         )
 
 

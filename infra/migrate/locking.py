@@ -100,8 +100,8 @@ def migration_lock(
             waited = time.monotonic() - started
             raise LockTimeoutError(
                 f"could not get the migration lock (advisory lock {LOCK_KEY}, '{LOCK_NAME}') within "
-                f"{timeout:g} s: it is held by {describe_holders(holders)}. Another migration is "
-                "probably running (another `pulumi up` or `python -m infra.migrate`): wait for it and "
+                f"{timeout:g} s: it is held by {describe_holders(holders)}. Another migration run is "
+                "probably in progress (its application_name says which tool): wait for it and "
                 "retry. If that session is stuck, end it with SELECT pg_terminate_backend(<pid>).",
                 holders=holders,
                 waited=waited,

@@ -6,6 +6,11 @@ so two migrators (two `pulumi up`, or `pulumi up` and the CLI) never interleave 
 migration twice: under the lock the record is read again, and an already recorded migration with the
 same checksum is adopted instead of run. Instances keep only plain values (picklable by Pulumi's
 dynamic providers); nothing connects at import or construction time.
+
+Strict order (dbmate's strict mode): a pending migration whose version is below the highest applied
+one is refused with `OutOfOrderMigrationError` before anything runs, unless the migrator is built with
+`allow_out_of_order=True`. On a fresh database every file runs in version order; a file added later
+below an applied version would run after it, and the two databases could differ.
 """
 
 from __future__ import annotations
@@ -20,11 +25,11 @@ import psycopg
 from psycopg import conninfo as pg_conninfo
 
 from . import tracking
-from .errors import ChecksumMismatchError, MigrationFailedError, MigrationsError
+from .errors import ChecksumMismatchError, MigrationFailedError, MigrationsError, OutOfOrderMigrationError
 from .files import NO_TRANSACTION_MARKER, MigrationFile, validate_script
 from .locking import migration_lock
 from .statements import Statement, split_statements
-from .tracking import AppliedMigration
+from .tracking import AppliedMigration, highest_of, version_number
 
 DEFAULT_CONNECT_TIMEOUT = 10  # seconds, unless the conninfo or PGCONNECT_TIMEOUT says otherwise
 
@@ -51,14 +56,19 @@ class Migrator:
         lock_timeout: float = 60.0,
         log: Callable[[str], None] | None = None,
         application_name: str = "customer-insights-migrations",
+        allow_out_of_order: bool = False,
     ) -> None:
         self.conninfo = conninfo
+        self.allow_out_of_order = allow_out_of_order
         self.lock_timeout = lock_timeout
         self.log = log
         self.application_name = application_name
 
     def __repr__(self) -> str:  # never show the conninfo: it may carry a password
-        return f"Migrator(application_name={self.application_name!r}, lock_timeout={self.lock_timeout!r})"
+        return (
+            f"Migrator(application_name={self.application_name!r}, lock_timeout={self.lock_timeout!r}, "
+            f"allow_out_of_order={self.allow_out_of_order!r})"
+        )
 
     # ---------------------------------------------------------------- connections
 
@@ -109,11 +119,21 @@ class Migrator:
             _same_checksum(m, record)
         return record
 
+    def check_order(self, m: MigrationFile) -> None:
+        """What `apply(m)` would refuse for its order, checked without the lock and without writing:
+        OutOfOrderMigrationError if `m` is not applied and a higher version is (unless allowed)."""
+        if self.allow_out_of_order:
+            return
+        with self._session(locked=False) as conn:
+            if tracking.fetch(conn, m.version) is None:
+                check_order(m, tracking.highest(conn))
+
     # ---------------------------------------------------------------- writing
 
     def apply(self, m: MigrationFile) -> tuple[AppliedMigration, bool]:
         """Apply `m` (or adopt it when it is already recorded with the same checksum: nothing runs).
-        Returns (record, adopted)."""
+        Returns (record, adopted). OutOfOrderMigrationError, before anything runs, if `m` is not applied
+        but a higher version is, unless `allow_out_of_order`."""
         validate_script(m.filename, m.up_sql, m.transactional)
         with self._session(locked=True) as conn:
             tracking.ensure_table(conn)
@@ -122,6 +142,10 @@ class Migrator:
                 _same_checksum(m, record)
                 self._say(f"{m.filename}: already recorded, adopted")
                 return record, True
+            if not self.allow_out_of_order:
+                check_order(m, tracking.highest(conn))
+            elif (highest := tracking.highest(conn)) and version_number(highest.version) > version_number(m.version):
+                self._say(f"{m.filename}: applied out of order (after {highest.version}), as allowed")
             self._say(f"{m.filename}: applying ({_mode(m.transactional)})")
             statements = split_statements(m.up_sql)
 
@@ -135,8 +159,10 @@ class Migrator:
 
     def apply_all(self, migrations: Sequence[MigrationFile]) -> list[tuple[AppliedMigration, bool]]:
         """Apply the pending ones of `migrations` in order, stopping at the first failure (which is
-        raised). Before running anything, every already recorded one is checked (ChecksumMismatchError).
-        Returns what `apply` returned for each migration that was pending when it started."""
+        raised). Before running anything, every already recorded one is checked (ChecksumMismatchError)
+        and, unless `allow_out_of_order`, no pending one may be below the highest applied version
+        (OutOfOrderMigrationError for the first). Returns what `apply` returned for each migration that
+        was pending when it started."""
         recorded = self.applied()
         pending = []
         for m in sorted(migrations, key=lambda m: int(m.version)):
@@ -145,6 +171,10 @@ class Migrator:
                 pending.append(m)
             else:
                 _same_checksum(m, record)
+        if not self.allow_out_of_order:
+            highest = highest_of(recorded.values())
+            for m in pending:
+                check_order(m, highest)
         return [self.apply(m) for m in pending]
 
     def revert(self, m: MigrationFile) -> bool:
@@ -307,6 +337,15 @@ class Migrator:
 
 def _mode(transactional: bool) -> str:
     return "transactional" if transactional else "non-transactional"
+
+
+def check_order(m: MigrationFile, highest: AppliedMigration | None) -> None:
+    """For a migration that is not applied: OutOfOrderMigrationError if `highest` (the applied
+    migration with the highest version, see `tracking.highest_of`) has a higher version."""
+    if highest is not None and version_number(highest.version) > version_number(m.version):
+        raise OutOfOrderMigrationError(
+            m.filename, m.version, highest.version, highest_applied_name=highest.name
+        )
 
 
 def _same_checksum(m: MigrationFile, record: AppliedMigration) -> None:

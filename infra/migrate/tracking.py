@@ -13,6 +13,7 @@ never creates it. All functions take an open connection and leave transaction co
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -94,8 +95,33 @@ def fetch_all(conn: psycopg.Connection[Any]) -> dict[str, AppliedMigration]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(sql.SQL("SELECT {cols} FROM {table}").format(cols=_COLUMNS, table=_table()))
         records = [_record(r) for r in cur.fetchall()]
-    records.sort(key=lambda r: (int(r.version) if r.version.isdigit() else -1, r.version))
+    records.sort(key=lambda r: (version_number(r.version), r.version))
     return {r.version: r for r in records}
+
+
+def version_number(version: str) -> int:
+    """The order of a version ("001" -> 1); -1 for a row written by hand with another kind of version."""
+    return int(version) if version.isdigit() else -1
+
+
+def highest_of(records: Iterable[AppliedMigration]) -> AppliedMigration | None:
+    """The record with the highest version, or None."""
+    return max(records, key=lambda r: version_number(r.version), default=None)
+
+
+def highest(conn: psycopg.Connection[Any]) -> AppliedMigration | None:
+    """The applied migration with the highest version (None if none, or no table)."""
+    if not table_exists(conn):
+        return None
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            sql.SQL(
+                "SELECT {cols} FROM {table} WHERE {version} ~ '^[0-9]+$' "
+                "ORDER BY {version}::numeric DESC LIMIT 1"
+            ).format(cols=_COLUMNS, table=_table(), version=sql.Identifier("version"))
+        )
+        row = cur.fetchone()
+    return _record(row) if row else None
 
 
 def fetch(conn: psycopg.Connection[Any], version: str) -> AppliedMigration | None:

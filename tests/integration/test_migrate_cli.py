@@ -234,7 +234,10 @@ def test_changed_file_status_and_repair(fresh_db: str, tmp_path: Path) -> None:
     up = cli("up", "--dir", str(tmp_path), database_url=fresh_db)
     assert up.returncode == 1
     assert "001_create_organizations.sql (version 001) was changed after it was applied" in up.stderr
-    assert "customer-insights-db:acceptChecksums" in up.stderr
+    # The library's facts, and how to accept it from this command line (never another caller's config).
+    assert "accept the current checksum (a repair: the new checksum is recorded, nothing runs): " \
+           "`python -m infra.migrate repair 001`." in up.stderr
+    assert "acceptChecksums" not in up.stderr
     assert not table_exists(fresh_db, "more")
 
     repair = cli("repair", "001", "--dir", str(tmp_path), database_url=fresh_db)
@@ -247,6 +250,36 @@ def test_changed_file_status_and_repair(fresh_db: str, tmp_path: Path) -> None:
 
     assert cli("repair", "009", "--dir", str(tmp_path), database_url=fresh_db).returncode == 1
     assert cli("repair", "latest", "--dir", str(tmp_path), database_url=fresh_db).returncode == 2
+
+
+def test_out_of_order_file_status_refusal_and_allow_flag(fresh_db: str, tmp_path: Path) -> None:
+    write(tmp_path, {**MIGRATIONS, "010_create_events.sql": "CREATE TABLE events (id int);\n"})
+    assert cli("up", "--dir", str(tmp_path), database_url=fresh_db).returncode == 0
+    write(tmp_path, {"003_create_teams.sql": "CREATE TABLE teams (id int);\n"})  # merged late
+
+    status = cli("status", "--dir", str(tmp_path), database_url=fresh_db)
+    assert status.returncode == 0
+    assert {v: cells[1] for v, cells in status_rows(status.stdout).items()} == {
+        "001": "applied", "002": "applied", "003": "OUT-OF-ORDER", "010": "applied"
+    }
+    assert "up --allow-out-of-order" in status.stdout
+
+    up = cli("up", "--dir", str(tmp_path), database_url=fresh_db)
+    assert up.returncode == 1
+    assert "Traceback" not in up.stderr
+    assert up.stderr.startswith(
+        "error: 003_create_teams.sql (version 003) is not applied, but a later version already is: "
+        "010 (create_events)."
+    )
+    assert "rename it to 011_create_teams.sql" in up.stderr
+    assert "apply it out of order: `python -m infra.migrate up --allow-out-of-order`." in up.stderr
+    assert not table_exists(fresh_db, "teams") and tracked(fresh_db) == ["001", "002", "010"]
+
+    allowed = cli("up", "--allow-out-of-order", "--dir", str(tmp_path), database_url=fresh_db)
+    assert allowed.returncode == 0, allowed.stderr
+    assert "003_create_teams.sql: applied out of order (after 010), as allowed" in allowed.stdout
+    assert tracked(fresh_db) == ["001", "002", "003", "010"]
+    assert cli("up", "--dir", str(tmp_path), database_url=fresh_db).returncode == 0  # history now
 
 
 def test_status_shows_records_without_a_file(fresh_db: str, tmp_path: Path) -> None:

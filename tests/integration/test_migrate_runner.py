@@ -26,6 +26,7 @@ from infra.migrate import (
     MigrationFileError,
     MigrationsError,
     Migrator,
+    OutOfOrderMigrationError,
     checksum_of,
     load_migrations,
 )
@@ -195,10 +196,67 @@ def test_apply_all_applies_pending_in_order_and_skips_applied(fresh_db: str, tmp
     migrator = Migrator(fresh_db)
     first = migrator.apply_all(load_migrations(tmp_path))
     assert [(r.version, adopted) for r, adopted in first] == [("001", False), ("010", False)]
-    write(tmp_path, {"002_c.sql": "CREATE TABLE c (id int);"})
+    write(tmp_path, {"011_c.sql": "CREATE TABLE c (id int);"})
     second = migrator.apply_all(load_migrations(tmp_path))
-    assert [(r.version, adopted) for r, adopted in second] == [("002", False)]
+    assert [(r.version, adopted) for r, adopted in second] == [("011", False)]
     assert migrator.apply_all(load_migrations(tmp_path)) == []
+
+
+def test_a_file_added_below_the_highest_applied_version_is_refused_unless_allowed(
+    fresh_db: str, tmp_path: Path
+) -> None:
+    write(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);", "010_b.sql": "CREATE TABLE b (id int);"})
+    Migrator(fresh_db).apply_all(load_migrations(tmp_path))
+    # A branch merged late brings 002; another brings 011, which alone would be fine.
+    write(tmp_path, {"002_c.sql": "CREATE TABLE c (id int);", "011_d.sql": "CREATE TABLE d (id int);"})
+    _, late, _, later = load_migrations(tmp_path)
+    strict = Migrator(fresh_db)
+
+    with pytest.raises(OutOfOrderMigrationError) as exc:
+        strict.apply_all([late, later])  # refused before anything runs, 011 included
+    err = exc.value
+    assert (err.filename, err.version, err.highest_applied, err.highest_applied_name) == (
+        "002_c.sql", "002", "010", "b"
+    )
+    assert str(err).startswith("002_c.sql (version 002) is not applied, but a later version already is: 010 (b).")
+    assert "rename it to 011_c.sql" in str(err) and err.fix is None
+    with pytest.raises(OutOfOrderMigrationError):  # file by file too, under the lock
+        strict.apply(late)
+    with pytest.raises(OutOfOrderMigrationError):  # and read-only, as a preview asks
+        strict.check_order(late)
+    strict.check_order(later)
+    assert tracked_versions(fresh_db) == ["001", "010"]
+    assert not table_exists(fresh_db, "c") and not table_exists(fresh_db, "d")
+    assert lock_is_free(fresh_db)
+
+    log = Log()
+    lenient = Migrator(fresh_db, log=log, allow_out_of_order=True)
+    lenient.check_order(late)
+    done = lenient.apply_all([late, later])
+    assert [(r.version, adopted) for r, adopted in done] == [("002", False), ("011", False)]
+    assert "002_c.sql: applied out of order (after 010), as allowed" in log
+    assert table_exists(fresh_db, "c") and table_exists(fresh_db, "d")
+
+    # Once applied it is history like any other: the strict migrator adopts it, refuses nothing.
+    assert strict.apply(late)[1] is True
+    strict.check_order(late)
+    assert strict.apply_all(load_migrations(tmp_path)) == []
+
+
+def test_order_ignores_tracking_rows_written_by_hand_with_other_versions(fresh_db: str, tmp_path: Path) -> None:
+    write(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);"})
+    migrator = Migrator(fresh_db)
+    migrator.check_order(load_migrations(tmp_path)[0])  # no tracking table yet: nothing is applied
+    assert not table_exists(fresh_db, "public.schema_migrations")  # and checking created none
+    migrator.apply_all(load_migrations(tmp_path))
+    query(fresh_db, "INSERT INTO schema_migrations (version, name, checksum, duration_ms) "
+                    "VALUES ('hotfix-7', 'by_hand', 'sha256:0', 0)")
+    write(tmp_path, {"1000_b.sql": "CREATE TABLE b (id int);"})  # above 001 by number, below it as text
+    assert [r.version for r, _ in migrator.apply_all(load_migrations(tmp_path))] == ["1000"]
+    write(tmp_path, {"999_c.sql": "CREATE TABLE c (id int);"})
+    with pytest.raises(OutOfOrderMigrationError) as exc:
+        migrator.apply_all(load_migrations(tmp_path))
+    assert exc.value.highest_applied == "1000"
 
 
 def test_failing_migration_is_all_or_nothing_and_says_where(fresh_db: str, tmp_path: Path) -> None:
@@ -297,9 +355,8 @@ def test_checksum_mismatch(fresh_db: str, tmp_path: Path) -> None:
         "001_a.sql",
         original.checksum,
         edited.checksum,
-        "restore",
-        "customer-insights-db:acceptChecksums",
-        "repair",
+        "restore the file",
+        "accept the current checksum (a repair",
     ):
         assert needle in text
 

@@ -18,6 +18,9 @@ import pytest
 import sqlparse
 from psycopg import errors, sql
 
+from infra.migrate import MigrationFailedError, Migrator, is_transactional, load_migrations
+from infra.migrate.tracking import TABLE as TRACKING_TABLE
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,26 +40,29 @@ BCRYPT_10 = "$2b$10$" + "N9qo8uLOickgx2ZMRZoMye" + "IjZAgcfl7p92ldGxad68LJZdL17l
 assert len(BCRYPT_10) == 60
 
 
-def apply(dsn: str, paths: list[Path]) -> None:
-    """Run each file in its own transaction, in order (what the migration runner will do)."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for path in paths:
-            with conn.transaction():
-                conn.execute(path.read_text())
+FILES = {m.filename.removesuffix(".sql"): m for m in load_migrations(SQL_DIR)}
 
 
-def up(name: str) -> Path:
-    return SQL_DIR / f"{name}.sql"
+def up(dsn: str, names: list[str]) -> None:
+    """Apply these migrations in order, as `pulumi up` does (infra.migrate: transactions, headers, tracking)."""
+    Migrator(dsn).apply_all([FILES[name] for name in names])
 
 
-def down(name: str) -> Path:
-    return SQL_DIR / f"{name}.down.sql"
+def tracked(dsn: str) -> list[str]:
+    return list(Migrator(dsn).applied())
+
+
+def down(dsn: str, names: list[str]) -> None:
+    """Revert these migrations in the order given, with their down scripts, as `pulumi destroy` does."""
+    migrator = Migrator(dsn)
+    for name in names:
+        assert migrator.revert(FILES[name]), f"{name} was not applied"
 
 
 @pytest.fixture
 def conn(fresh_db: str) -> Iterator[psycopg.Connection]:
     """Autocommit superuser connection to a fresh database with every migration applied."""
-    apply(fresh_db, [up(m) for m in MIGRATIONS])
+    up(fresh_db, MIGRATIONS)
     with psycopg.connect(fresh_db, autocommit=True) as c:
         yield c
 
@@ -352,6 +358,9 @@ def test_columns_match_the_spec(conn: psycopg.Connection) -> None:
           LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
          WHERE a.attnum > 0 AND NOT a.attisdropped"""):
         actual.setdefault(table, {})[column] = (type_, not_null, default)
+    # Applied as `pulumi up` applies them: the runner's tracking table is there too.
+    assert set(actual.pop(TRACKING_TABLE)) == {"version", "name", "checksum", "applied_at", "duration_ms",
+                                               "applied_by"}
     assert actual == EXPECTED_COLUMNS
     identity = conn.execute("""
         SELECT attidentity FROM pg_attribute
@@ -359,9 +368,16 @@ def test_columns_match_the_spec(conn: psycopg.Connection) -> None:
     assert identity == ("a",)  # GENERATED ALWAYS
 
 
+# The migration runner's tracking table (infra.migrate.tracking), keyed by version.
+TRACKING_INDEXES = {
+    f"{TRACKING_TABLE}_pkey":
+        f"CREATE UNIQUE INDEX {TRACKING_TABLE}_pkey ON public.{TRACKING_TABLE} USING btree (version)",
+}
+
+
 def test_indexes_are_exactly_the_spec_ones(conn: psycopg.Connection) -> None:
     actual = dict(rows(conn, "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'"))
-    assert actual == EXPECTED_INDEXES
+    assert actual == EXPECTED_INDEXES | TRACKING_INDEXES
 
 
 def test_no_duplicate_or_redundant_indexes(conn: psycopg.Connection) -> None:
@@ -375,7 +391,7 @@ def test_no_duplicate_or_redundant_indexes(conn: psycopg.Connection) -> None:
           JOIN pg_class c ON c.oid = i.indexrelid
           JOIN pg_am am ON am.oid = c.relam
           JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'public'""")
-    assert len(indexes) == len(EXPECTED_INDEXES)
+    assert len(indexes) == len(EXPECTED_INDEXES) + len(TRACKING_INDEXES)
     signatures = [tuple(map(str, ix[1:])) for ix in indexes]
     assert len(set(signatures)) == len(signatures), "two indexes with the same definition"
     redundant = []
@@ -416,7 +432,7 @@ def test_constraints_are_named_as_documented(conn: psycopg.Connection) -> None:
         SELECT conname, contype::text FROM pg_constraint
          WHERE connamespace = 'public'::regnamespace AND contype IN ('p', 'u')"""))
     assert keys == {name: ("u" if name.endswith("_key") else "p")
-                    for name in EXPECTED_INDEXES if name.endswith(("_pkey", "_key"))}
+                    for name in EXPECTED_INDEXES | TRACKING_INDEXES if name.endswith(("_pkey", "_key"))}
 
 
 def test_triggers(conn: psycopg.Connection) -> None:
@@ -686,9 +702,16 @@ SNAPSHOT_QUERIES = {
 }
 
 
+def runners_own(row: tuple[Any, ...]) -> bool:
+    """A catalog row of the runner's tracking table (created on first use, kept by down scripts)."""
+    return any(isinstance(v, str) and v.lstrip("_").startswith(TRACKING_TABLE) for v in row[:2])
+
+
 def snapshot(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
+    """What the migrations made in `public`, the runner's tracking table aside."""
     with psycopg.connect(dsn) as c:
-        return {name: sorted(c.execute(query).fetchall(), key=repr)  # type: ignore[arg-type]
+        return {name: sorted((r for r in c.execute(query).fetchall() if not runners_own(r)),  # type: ignore[arg-type]
+                             key=repr)
                 for name, query in SNAPSHOT_QUERIES.items()}
 
 
@@ -697,33 +720,39 @@ def test_up_down_up_leaves_the_identical_catalog(fresh_db: str) -> None:
     assert all(not v for v in before.values()), "a fresh database has nothing in public"
     levels = [before]
     for name in MIGRATIONS:
-        apply(fresh_db, [up(name)])
+        up(fresh_db, [name])
         levels.append(snapshot(fresh_db))
         assert levels[-1] != levels[-2], f"{name} changed nothing"
     for i, name in reversed(list(enumerate(MIGRATIONS))):
-        apply(fresh_db, [down(name)])
+        down(fresh_db, [name])
         assert snapshot(fresh_db) == levels[i], f"{name}.down.sql does not exactly undo {name}.sql"
-    apply(fresh_db, [up(m) for m in MIGRATIONS])
+    assert tracked(fresh_db) == []
+    up(fresh_db, MIGRATIONS)
     assert snapshot(fresh_db) == levels[-1]
+    assert tracked(fresh_db) == [m[:3] for m in MIGRATIONS]
 
 
 def test_down_leaves_nothing_behind(fresh_db: str) -> None:
-    apply(fresh_db, [up(m) for m in MIGRATIONS])
-    apply(fresh_db, [down(m) for m in reversed(MIGRATIONS)])
+    up(fresh_db, MIGRATIONS)
+    down(fresh_db, list(reversed(MIGRATIONS)))
+    assert tracked(fresh_db) == []
     with psycopg.connect(fresh_db) as c:
         left = c.execute("""
             SELECT 'relation ' || relname FROM pg_class WHERE relnamespace = 'public'::regnamespace
             UNION ALL SELECT 'function ' || proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace
             UNION ALL SELECT 'type ' || typname FROM pg_type WHERE typnamespace = 'public'::regnamespace
             UNION ALL SELECT 'trigger ' || tgname FROM pg_trigger WHERE NOT tgisinternal""").fetchall()
-    assert left == []
+    assert [r for r in left if not r[0].split()[1].lstrip("_").startswith(TRACKING_TABLE)] == []
 
 
 def test_a_down_script_refuses_to_drop_what_later_migrations_depend_on(fresh_db: str) -> None:
     """Downs drop without CASCADE: undoing 003 while 004's table still references customers fails."""
-    apply(fresh_db, [up(m) for m in MIGRATIONS[:4]])
-    with pytest.raises(errors.DependentObjectsStillExist):
-        apply(fresh_db, [down("003_create_customers")])
+    up(fresh_db, MIGRATIONS[:4])
+    with pytest.raises(MigrationFailedError) as failure:
+        down(fresh_db, ["003_create_customers"])
+    assert failure.value.sqlstate == errors.DependentObjectsStillExist.sqlstate
+    assert failure.value.filename == "003_create_customers.down.sql"
+    assert tracked(fresh_db) == ["001", "002", "003", "004"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -749,7 +778,7 @@ def test_sql_directory_holds_exactly_the_migrations_and_their_downs() -> None:
 @pytest.mark.parametrize("path", sorted(SQL_DIR.glob("*.sql")), ids=lambda p: p.name)
 def test_file_follows_the_runner_conventions(path: Path) -> None:
     # Everything here runs inside the runner's transaction: no file opts out with the header line.
-    assert path.read_text().splitlines()[0].strip() != "-- migrate:no-transaction"
+    assert is_transactional(path.read_text())
     stmts = statements(path)
     assert stmts, "empty migration"
     for stmt in stmts:

@@ -17,24 +17,17 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
+from infra.migrate import Migrator, load_migrations
+
 pytestmark = pytest.mark.integration
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 CUTOFF = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)  # an explicit cutoff, for exact boundaries
 
 
-def apply_migrations(dsn: str) -> None:
-    """Every up migration in order, each file in its own transaction."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for path in sorted(SQL_DIR.glob("[0-9][0-9][0-9]_*.sql")):
-            if not path.name.endswith(".down.sql"):
-                with conn.transaction():
-                    conn.execute(path.read_text())
-
-
 @pytest.fixture
 def conn(fresh_db: str) -> Iterator[psycopg.Connection]:
-    apply_migrations(fresh_db)
+    Migrator(fresh_db).apply_all(load_migrations(SQL_DIR))  # as `pulumi up` applies them
     with psycopg.connect(fresh_db, autocommit=True) as c:
         yield c
 

@@ -18,6 +18,7 @@ from pulumi.dynamic import DiffResult
 from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.runtime import rpc
 
+from infra.config import migration_fixes
 from infra.dynamic.base import PROVIDER_KEY, DiffingProvider
 from infra.dynamic.cron_job import CronJobProvider
 from infra.dynamic.migration import MigrationProvider
@@ -50,6 +51,8 @@ def migration_inputs(**overrides: Any) -> dict[str, Any]:
         "transactional": True,
         "accept_checksum": False,
         "keep_on_destroy": False,
+        "allow_out_of_order": False,
+        "fixes": migration_fixes("customer-insights-db"),
         "applied_at": None,
         "duration_ms": None,
         "applied_by": None,
@@ -147,7 +150,7 @@ def test_migration_checksum_change_raises_naming_file_and_both_checksums() -> No
     assert "003_create_customers.sql" in message
     assert old in message
     assert new in message
-    assert "acceptChecksums" in message  # and how to accept it
+    assert 'add "003" to the stack config `customer-insights-db:acceptChecksums`' in message  # how to accept it
 
 
 def test_migration_check_refuses_an_edited_applied_file_with_the_message_alone() -> None:
@@ -158,7 +161,8 @@ def test_migration_check_refuses_an_edited_applied_file_with_the_message_alone()
     assert len(result.failures) == 1
     reason = result.failures[0].reason
     assert "003_create_customers.sql" in reason and old in reason and new in reason
-    assert "acceptChecksums" in reason and "Traceback" not in reason
+    assert 'add "003" to the stack config `customer-insights-db:acceptChecksums`' in reason
+    assert "Traceback" not in reason
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import pickle
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,10 @@ from infra.migrate import (
     next_migration_paths,
     split_statements,
 )
-from infra.migrate.errors import ChecksumMismatchError, MigrationFailedError
+from infra.migrate.errors import ChecksumMismatchError, MigrationFailedError, OutOfOrderMigrationError
+from infra.migrate.runner import Migrator, check_order
 from infra.migrate.statements import Statement, transaction_control
+from infra.migrate.tracking import AppliedMigration, highest_of
 
 pytestmark = pytest.mark.unit
 
@@ -442,12 +445,84 @@ def test_error_messages_and_pickling() -> None:
     mismatch = ChecksumMismatchError("001_a.sql", "001", "sha256:aaa", "sha256:bbb")
     text = str(mismatch)
     for needle in (
-        "001_a.sql",
-        "sha256:aaa",
-        "sha256:bbb",
-        "restore",
-        "customer-insights-db:acceptChecksums",
-        "README",
+        "001_a.sql (version 001) was changed after it was applied",
+        "recorded checksum: sha256:aaa",
+        "current checksum:  sha256:bbb",
+        "restore the file",
+        "git log -p -- '*001_a.sql'",
+        "accept the current checksum (a repair",
     ):
         assert needle in text
     assert str(pickle.loads(pickle.dumps(mismatch))) == text
+    # The caller words how its user accepts it; the library's facts stay as they are.
+    fixed = mismatch.with_fix('add "001" to acceptChecksums')
+    assert str(fixed) == text.removesuffix(".") + ': add "001" to acceptChecksums.'
+    assert str(mismatch) == text and mismatch.fix is None
+    again = pickle.loads(pickle.dumps(fixed))
+    assert (type(again), str(again), again.version, again.recorded) == (type(fixed), str(fixed), "001", "sha256:aaa")
+
+
+def test_the_library_never_names_its_callers_config() -> None:
+    # Its callers (the Pulumi program, the CLI) word how to accept a refusal in their own terms.
+    library = Path(__file__).resolve().parents[2] / "infra" / "migrate"
+    for path in library.glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        for needle in ("customer-insights-db", "acceptChecksums", "keepDataOnDestroy", "migrationsDir",
+                       "allowOutOfOrder", "pulumi config"):
+            assert needle not in text, f"{path.name} names {needle!r}"
+
+
+# ---------------------------------------------------------------------------------------------- order
+
+
+def applied(version: str, name: str = "x") -> AppliedMigration:
+    return AppliedMigration(version, name, "sha256:0", datetime(2026, 1, 1, tzinfo=UTC), 1, "owner")
+
+
+def migration(filename: str) -> MigrationFile:
+    version, rest = filename.split("_", 1)
+    return MigrationFile(version, rest.removesuffix(".sql"), filename, "SELECT 1;\n", None, checksum_of("x"), True)
+
+
+def test_out_of_order_error_names_the_file_the_versions_and_the_way_out() -> None:
+    error = OutOfOrderMigrationError("050_add_notes.sql", "050", "900", highest_applied_name="add_segments")
+    text = str(error)
+    assert text.startswith(
+        "050_add_notes.sql (version 050) is not applied, but a later version already is: 900 (add_segments)."
+    )
+    for needle in ("before it on a fresh database", "Refused; nothing ran.",
+                   "rename it to 901_add_notes.sql", "apply it out of order."):
+        assert needle in text, needle
+    fixed = error.with_fix("set allowOutOfOrder")
+    assert str(fixed).endswith("apply it out of order: set allowOutOfOrder.")
+    again = pickle.loads(pickle.dumps(fixed))
+    assert (type(again), str(again), again.filename, again.version, again.highest_applied) == (
+        OutOfOrderMigrationError, str(fixed), "050_add_notes.sql", "050", "900"
+    )
+    # The renumbered name keeps the width of the versions, whatever it is.
+    assert OutOfOrderMigrationError("0009_a.sql", "0009", "0041").renumbered_filename == "0042_a.sql"
+    assert OutOfOrderMigrationError("009_a.sql", "009", "999").renumbered_filename == "1000_a.sql"
+
+
+def test_check_order_compares_versions_as_numbers() -> None:
+    check_order(migration("009_a.sql"), None)  # nothing applied
+    check_order(migration("009_a.sql"), applied("008"))
+    check_order(migration("1000_a.sql"), applied("999"))  # "1000" < "999" as text, not as a number
+    with pytest.raises(OutOfOrderMigrationError) as info:
+        check_order(migration("050_a.sql"), applied("0100", "later"))
+    assert (info.value.version, info.value.highest_applied, info.value.highest_applied_name) == ("050", "0100", "later")
+
+
+def test_highest_of_ignores_rows_written_by_hand_with_another_kind_of_version() -> None:
+    assert highest_of([]) is None
+    records = [applied("002"), applied("0010"), applied("manual"), applied("009")]
+    top = highest_of(records)
+    assert top is not None and top.version == "0010"
+
+
+def test_migrator_keeps_the_switch_and_never_shows_the_conninfo() -> None:
+    strict = Migrator("postgresql://u:secret-pw@h/db")
+    assert strict.allow_out_of_order is False
+    lenient = pickle.loads(pickle.dumps(Migrator("postgresql://u:secret-pw@h/db", allow_out_of_order=True)))
+    assert lenient.allow_out_of_order is True
+    assert "secret-pw" not in repr(lenient) and "allow_out_of_order=True" in repr(lenient)
