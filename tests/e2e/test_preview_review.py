@@ -26,6 +26,7 @@ from psycopg import sql
 from pulumi import automation as auto
 
 from infra.components.migrations import Migrations, MigrationsArgs
+from infra.config import migration_fixes
 from infra.dynamic import cron_job as cron_job_module
 from infra.dynamic import migration as migration_module
 from infra.dynamic.base import GENERIC_DYNAMIC_TYPE
@@ -83,7 +84,8 @@ def chain_and_job(directory: Path, connection: dict[str, Any], cron: dict[str, A
     def program() -> None:
         with generic_types() if old_types else contextlib.nullcontext():
             owner = {**connection, "password": pulumi.Output.secret(connection["password"])}
-            chain = Migrations("schema", MigrationsArgs(directory=str(directory), connection=owner))
+            chain = Migrations("schema", MigrationsArgs(directory=str(directory), connection=owner,
+                                                        fixes=migration_fixes("customer-insights-db")))
             CronJob("nightly", connection={**cron, "password": pulumi.Output.secret(cron["password"])},
                     job_name=job_name, schedule=schedule, command="SELECT 1", database=connection["dbname"],
                     run_as=connection["user"], active=True, opts=pulumi.ResourceOptions(depends_on=[chain]))
@@ -167,7 +169,7 @@ def test_preview_reviews_the_pending_migration_only_and_refuses_an_edit_with_its
             operation(color="never")
         message = str(failure.value)
         assert "003_create_customers.sql (version 003) was changed after it was applied" in message
-        assert "acceptChecksums" in message
+        assert 'add "003" to the stack config `customer-insights-db:acceptChecksums`' in message, message
         assert "Traceback" not in message and 'File "' not in message, message
 
 
