@@ -377,7 +377,7 @@ def test_tcp_logins_are_scram_only_and_passwords_stored_as_scram(live: Live) -> 
     with psycopg.connect(url + "?require_auth=scram-sha-256") as conn:  # libpq refuses any other method
         assert conn.execute("SELECT current_user").fetchone() == (roles["app"],)
     for other in ("md5", "password", "none"):
-        with pytest.raises(psycopg.OperationalError, match="require_auth"):
+        with pytest.raises(psycopg.OperationalError, match="server requested SASL authentication"):
             psycopg.connect(url + f"?require_auth={other}").close()
 
     info = psycopg.conninfo.conninfo_to_dict(url)
@@ -407,7 +407,8 @@ def test_superuser_password_never_in_inspect_processes_state_or_logs(live: Live)
     assert len(live.processes) > 10 and not [line for line in live.processes if secret in line]
     now = subprocess.run(["ps", "axeww", "-o", "args="], capture_output=True, text=True, check=True).stdout
     assert secret not in now
-    server_env = subprocess.run(["docker", "exec", live.container, "cat", "/proc/1/environ"],
+    # (as the server's user: root in the container lacks the ptrace right to read it)
+    server_env = subprocess.run(["docker", "exec", "-u", "postgres", live.container, "cat", "/proc/1/environ"],
                                 capture_output=True, text=True, check=True).stdout
     assert "PGDATA=" in server_env and "POSTGRES_PASSWORD=" not in server_env and secret not in server_env
     logs = subprocess.run(["docker", "logs", live.container], capture_output=True, text=True, check=True)
@@ -428,6 +429,10 @@ def changed_resources(events: list[auto.EngineEvent]) -> dict[tuple[str, str], s
             continue
         meta = event.resource_pre_event.metadata
         op = meta.op.value if hasattr(meta.op, "value") else str(meta.op)
+        # The engine refreshes the default dynamic provider's own inputs now and then: bookkeeping, no
+        # resource of the stack. A provider replaced (which would replace its resources) still counts.
+        if meta.type.startswith("pulumi:providers:") and op == "update":
+            continue
         if op not in ("same", "read"):
             ops.setdefault((meta.type, meta.urn.rsplit("::", 1)[-1]), set()).add(op)
     return ops
