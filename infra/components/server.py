@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import re
+import socket
+import subprocess
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_docker as docker
 
+from infra.preflight import PreflightError
+
 DATA_DIR = "/var/lib/postgresql/data"
 PASSWORD_FILE = "/etc/postgresql-secrets/superuser-password"
+# The data directory on the volume, the migrations and pg_cron's build are PostgreSQL 15: another
+# minor of 15 is a container replacement, another major needs a data upgrade first.
+PG_MAJOR = "15"
+DOCKER_TIMEOUT = 30  # seconds for each docker command of the preflight
 
 
 def server_command(cron_database: str) -> list[str]:
@@ -47,6 +58,8 @@ class PostgresServerArgs:
     superuser: str
     superuser_password: pulumi.Input[str]
     cron_database: str  # pg_cron keeps its jobs in one database: the application's
+    # Pulumi `protect` on the data volume: destroy, or a change that would replace it, stops.
+    protect_data: bool = True
 
 
 class PostgresServer(pulumi.ComponentResource):
@@ -75,7 +88,7 @@ class PostgresServer(pulumi.ComponentResource):
             f"{name}-data",
             name=f"{name}-{stack}-data",
             labels=[docker.VolumeLabelArgs(label=lab.label, value=lab.value) for lab in labels],
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, protect=args.protect_data),
         )
         # The image is built locally by the bootstrap (or pulled by users with a registry); keep it
         # on destroy, it is shared by every stack on this machine.
@@ -83,7 +96,7 @@ class PostgresServer(pulumi.ComponentResource):
 
         self.container = docker.Container(
             name,
-            name=f"{name}-{stack}",
+            name=container_name(name, stack),
             image=image.image_id,
             envs=server_envs(args.superuser),
             uploads=[docker.ContainerUploadArgs(file=PASSWORD_FILE, content=args.superuser_password)],
@@ -113,3 +126,114 @@ class PostgresServer(pulumi.ComponentResource):
         )
         self.container_name = self.container.name
         self.register_outputs({"host": self.host, "port": self.port, "container_name": self.container_name})
+
+
+def container_name(name: str, stack: str) -> str:
+    return f"{name}-{stack}"
+
+
+def _docker(docker_host: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+    command = ["docker", *(["--host", docker_host] if docker_host else []), *args]
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=DOCKER_TIMEOUT, check=False)
+    except FileNotFoundError as exc:
+        raise PreflightError(
+            "The docker command is not installed: container mode needs the Docker engine and its CLI "
+            "(`bash bootstrap/bootstrap.sh` installs them). Nothing was changed."
+        ) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise PreflightError(
+            f"The Docker engine at {docker_host or 'the default socket'} did not answer `docker {args[0]}` within "
+            f"{DOCKER_TIMEOUT} s; check it with `docker info`. Nothing was changed."
+        ) from exc
+
+
+def check_container_host(
+    *, image: str, bind_address: str, host_port: int, container: str, docker_host: str | None
+) -> str:
+    """Before anything is declared: the Docker engine answers, `image` is on it and runs PostgreSQL 15,
+    and `host_port` is free (or already published by this stack's own container). Returns the major.
+
+    Each failure is a PreflightError naming the problem and the fix, so `pulumi preview` fails and
+    `pulumi up` stops before anything changes (a container replaced by one that cannot start on the
+    volume's data would be an outage, not an error message).
+    """
+    where = docker_host or "the default socket (DOCKER_HOST unset)"
+    inspected = _docker(docker_host, "image", "inspect", "--format", "{{json .Config.Env}}", image)
+    if inspected.returncode != 0:
+        error = inspected.stderr.strip()
+        if "No such image" in error or "no such image" in error:
+            raise PreflightError(
+                f"The image {image!r} is not in the Docker engine at {where}. Build it "
+                "(`bash bootstrap/postgres-image/build.sh` builds customer-insights/postgres-cron:15), "
+                "`docker pull` it, or set `image` to one listed by `docker image ls`. Nothing was changed."
+            )
+        raise PreflightError(
+            f"Cannot use the Docker engine at {where}: {error}\nStart it (`bash bootstrap/docker-engine.sh`, "
+            "or `systemctl start docker`) or point DOCKER_HOST (or the docker:host config) at a running "
+            "engine; `docker info` must answer. Nothing was changed."
+        )
+    major = _image_major(docker_host, image, json.loads(inspected.stdout or "null") or [])
+    if major != PG_MAJOR:
+        raise PreflightError(
+            f"The image {image!r} runs PostgreSQL {major}, but this stack's data directory is PostgreSQL "
+            f"{PG_MAJOR}: the new server would not start on it. Changing the image only moves between minor "
+            f"versions of {PG_MAJOR}. A major upgrade moves the data: dump it (pg_dumpall from the running "
+            f"{PG_MAJOR} server), bring up a new stack on the new image and restore into it, or run "
+            "pg_upgrade on a copy of the volume. Nothing was changed."
+        )
+    _check_container_running(docker_host, container)
+    _check_port_free(docker_host, bind_address, host_port, container)
+    return major
+
+
+def _check_container_running(docker_host: str | None, container: str) -> None:
+    """A stopped server is invisible to `pulumi up` (it compares with its state, not with Docker): the
+    migrations would report "unchanged" against a server that is down. Say so instead."""
+    state = _docker(docker_host, "container", "inspect", "--format", "{{.State.Status}}", container)
+    status = state.stdout.strip()
+    if state.returncode == 0 and status != "running":
+        raise PreflightError(
+            f"The server container {container} exists but is {status}, not running. Start it with "
+            f"`docker start {container}` (its data is on its volume), wait until `docker ps` shows it "
+            "healthy, then run `pulumi up` again. Nothing was changed."
+        )
+
+
+def _image_major(docker_host: str | None, image: str, env: list[str]) -> str:
+    """PG_MAJOR of the image's environment (the official images' convention, and ours), else what
+    `postgres --version` says inside it (a throwaway container without network)."""
+    for item in env:
+        if item.startswith("PG_MAJOR="):
+            return item.split("=", 1)[1]
+    ran = _docker(docker_host, "run", "--rm", "--network", "none", "--entrypoint", "postgres", image, "--version")
+    found = re.search(r"PostgreSQL\)? (\d+)", ran.stdout)
+    if ran.returncode != 0 or not found:
+        raise PreflightError(
+            f"Cannot tell which PostgreSQL the image {image!r} runs: it sets no PG_MAJOR and "
+            f"`postgres --version` in it failed: {(ran.stderr or ran.stdout).strip()}. Use an image built "
+            "from the official postgres:15 image or bootstrap/postgres-image. Nothing was changed."
+        )
+    return found.group(1)
+
+
+def _check_port_free(docker_host: str | None, bind_address: str, host_port: int, container: str) -> None:
+    family = socket.AF_INET6 if ":" in bind_address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # Connections closed a moment ago (TIME_WAIT) do not hold the port; only a listener does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((bind_address, host_port))
+            return
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return  # not ours to judge (e.g. the address is on the engine's host only)
+    published = _docker(docker_host, "container", "inspect", "--format", "{{json .HostConfig.PortBindings}}",
+                        container)
+    if published.returncode == 0 and f'"HostPort":"{host_port}"' in published.stdout.replace(" ", ""):
+        return  # this stack's own server holds it
+    raise PreflightError(
+        f"hostPort {host_port} on {bind_address} is already in use by another program or container "
+        f"(`ss -ltnp 'sport = :{host_port}'` or `docker ps --filter publish={host_port}` shows which). Free "
+        f"it, or choose another port: `pulumi config set hostPort <port>`. Nothing was changed."
+    )
