@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$REPO_DIR"
 
 step "Debian packages"
-packages=(postgresql-15 postgresql-15-cron mmdebstrap curl ca-certificates)
+packages=(postgresql-15 postgresql-15-cron mmdebstrap curl ca-certificates graphviz jq)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -39,6 +39,15 @@ fi
 
 step "Pulumi toolchain"
 bash "$BOOTSTRAP_DIR/pulumi-toolchain.sh"
+
+step "actionlint v$ACTIONLINT_VERSION (workflow lint)"
+if [ -x "$TOOLS_BIN_DIR/actionlint" ] && "$TOOLS_BIN_DIR/actionlint" -version 2>/dev/null | head -1 | grep -qx "v\?$ACTIONLINT_VERSION"; then
+  info "cached: $TOOLS_BIN_DIR/actionlint"
+else
+  GOFLAGS= GOBIN="$TOOLS_BIN_DIR" go install "github.com/rhysd/actionlint/cmd/actionlint@v$ACTIONLINT_VERSION" \
+    || die "go install of actionlint v$ACTIONLINT_VERSION failed (see above)"
+  info "built $TOOLS_BIN_DIR/actionlint"
+fi
 
 step "Docker engine"
 bash "$BOOTSTRAP_DIR/docker-engine.sh"

@@ -9,6 +9,7 @@ REPO_DIR=$(cd "$BOOTSTRAP_DIR/.." && pwd)
 CACHE_ROOT=${CUSTOMER_INSIGHTS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/customer-insights-pg}
 PULUMI_BIN_DIR="$CACHE_ROOT/pulumi-v$PULUMI_CLI_VERSION/bin"
 PLUGIN_BIN_DIR="$CACHE_ROOT/plugins"
+TOOLS_BIN_DIR="$CACHE_ROOT/tools/bin"
 BUILD_DIR="$CACHE_ROOT/build"
 STATUS_FILE="$CACHE_ROOT/toolchain-status"
 # Upstream sources of the binaries the Go module proxy does not serve (see README, "Where the

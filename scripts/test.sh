@@ -3,6 +3,7 @@
 # (unit, integration and end-to-end). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export BOOTSTRAP_T0=${BOOTSTRAP_T0:-$(date +%s)}
 bash bootstrap/bootstrap.sh
 . bootstrap/env.sh
 
@@ -12,5 +13,7 @@ echo "==> mypy"
 mypy infra scripts __main__.py
 echo "==> squawk (sql/)"
 squawk sql/*.sql
+echo "==> actionlint (.github/workflows)"
+actionlint -no-color -oneline
 echo "==> pytest"
 exec python -m pytest -v "$@"

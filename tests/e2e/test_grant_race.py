@@ -34,7 +34,7 @@ def with_filler_migrations(sql_dir: Path, target: Path, total: int) -> Path:
 
 
 def up_and_destroy(stack) -> None:
-    up = stack.up(color="never")
+    stack.up(color="never")
     destroy = stack.destroy(color="never")
     assert "concurrently updated" not in destroy.stdout
     assert set(destroy.summary.resource_changes or {}) == {"delete"}
