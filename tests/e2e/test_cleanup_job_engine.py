@@ -40,9 +40,7 @@ def app_database(pg_server: ServerAddress) -> Iterator[dict[str, Any]]:
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
             sql.Identifier(cleanup_role), sql.Literal(password)))
     admin_dsn = pg_server.dsn(CRON_DATABASE)
-    migrator = Migrator(admin_dsn)
-    for migration in load_migrations(REPO / "sql"):
-        migrator.apply(migration)
+    Migrator(admin_dsn).apply_all(load_migrations(REPO / "sql"))
     role = sql.Identifier(cleanup_role)
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")

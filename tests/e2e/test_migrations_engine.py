@@ -11,8 +11,9 @@ import pytest
 from pulumi import automation as auto
 
 from infra.components.migrations import Migrations, MigrationsArgs
+from infra.config import migration_fixes
 from infra.migrate import Migrator, load_migrations
-from tests.e2e.conftest import assert_not_in_state
+from tests.e2e.conftest import PROJECT, assert_not_in_state
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +25,8 @@ def migrations_program(directory: Path, connection: dict[str, Any], *, accept: f
     def program() -> None:
         conn = {**connection, "password": pulumi.Output.secret(connection["password"])}
         chain = Migrations("schema", MigrationsArgs(directory=str(directory), connection=conn,
-                                                    accept_checksums=accept, keep_data_on_destroy=keep_data))
+                                                    accept_checksums=accept, keep_data_on_destroy=keep_data,
+                                                    fixes=migration_fixes(pulumi.get_project())))
         pulumi.export("versions", chain.versions)
     return program
 
@@ -112,8 +114,10 @@ def test_edited_applied_file_fails_preview_and_up_until_accepted(owner_role_db, 
         with pytest.raises(auto.errors.CommandError) as failure:
             operation(color="never")
         message = str(failure.value)
-        assert "003_create_customers.sql" in message
+        assert "003_create_customers.sql (version 003) was changed after it was applied" in message
         assert before["003"] in message and current in message
+        # The library's facts, the fix in the program's own config key.
+        assert f'add "003" to the stack config `{PROJECT}:acceptChecksums` and run `pulumi up`' in message
     assert recorded(owner_role_db) == before
 
     # The documented repair: accept the new checksum without running anything.
@@ -160,7 +164,7 @@ def test_interrupted_up_adopts_committed_migrations(owner_role_db, new_stack):
     assert {v: applied_at_after[v] for v in applied_at_before} == applied_at_before
     resources = stack.export_stack().deployment["resources"]
     adopted = {r["outputs"]["version"]: r["outputs"]["adopted"]
-               for r in resources if r["type"] == "pulumi-python:dynamic:Resource"}
+               for r in resources if r["type"] == "pulumi-python:dynamic/db:Migration"}
     assert adopted == {f.version: f.version <= "003" for f in files}
 
 
