@@ -114,7 +114,8 @@ class MigrationProvider(DiffingProvider):
     )
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        """Refuses an edited applied file before anything else happens.
+        """Refuses an edited applied file, and a pending file below the highest applied version (unless
+        allowed), before anything else happens: `pulumi preview` fails on them.
 
         A check failure is what the engine reports as the resource's own message; an exception here
         or in `diff` would reach the user buried under the provider host's Python traceback.
