@@ -87,8 +87,6 @@ migrations = Migrations(
         keep_data_on_destroy=cfg.migrations.keep_data_on_destroy,
         allow_out_of_order=cfg.migrations.allow_out_of_order,
         fixes=stack_config.migration_fixes(pulumi.get_project()),
-        allow_out_of_order=cfg.migrations.allow_out_of_order,
-        fixes=stack_config.migration_fixes(pulumi.get_project()),
         after=[db],
     ),
     # Reverting a migration drops data: protected with the database (children inherit `protect`).
