@@ -581,6 +581,17 @@ def test_migration_switches_come_from_the_config(run: ProgramRun) -> None:
     accepted = {m["version"] for m in run.migrations() if m["accept_checksum"]}
     assert accepted == {"003"}
     assert all(m["keep_on_destroy"] is True for m in run.migrations())
+    assert all(m["allow_out_of_order"] is False for m in run.migrations())  # strict unless allowOutOfOrder
+    # The library's refusals are worded in this program's own config keys.
+    for m in run.migrations():
+        assert f'add "{m["version"]}" to the stack config `{PROJECT}:acceptChecksums`' in \
+            m["fixes"]["accept_checksum"].replace("{version}", m["version"])
+        assert f"`{PROJECT}:allowOutOfOrder` to true" in m["fixes"]["allow_out_of_order"]
+
+
+def test_allow_out_of_order_comes_from_the_config(_repo_on_sys_path: None) -> None:
+    lenient = ProgramHarness().run({**CONTAINER_CONFIG, "allowOutOfOrder": "true"})
+    assert lenient.migrations() and all(m["allow_out_of_order"] is True for m in lenient.migrations())
 
 
 @pytest.mark.parametrize("kind", ["migration", "cron"])
