@@ -26,6 +26,7 @@ CRON_FIELD = re.compile(
 MIN_PASSWORD_LENGTH = 20
 MAX_PASSWORD_LENGTH = 128
 MODES = ("container", "external")
+DEV_STACK = "dev"  # the one stack whose data is not protected by default (protectData)
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
@@ -119,6 +120,8 @@ class StackConfig:
     server: ContainerServer | ExternalServer
     migrations: Migrations
     cleanup_job: CleanupJob
+    # Pulumi `protect` on what holds data (volume, database, migrations): destroy and replacement stop.
+    protect_data: bool = True
     # passwordRotation: a counter per role ("all" for every role); see _password_rotation.
     password_rotation: dict[str, int] = field(default_factory=dict)
 
@@ -129,7 +132,6 @@ class StackConfig:
         """
         own, every = self.password_rotation.get(purpose, 0), self.password_rotation.get("all", 0)
         return {"rotation": f"all={every},{purpose}={own}"} if own or every else None
-
 
 
 def validate_cron_schedule(schedule: str) -> str | None:
@@ -224,7 +226,7 @@ def _address_problem(value: str) -> str | None:
     return None
 
 
-def load(source: ConfigSource, namespace: str) -> StackConfig:
+def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
     """Read and validate the whole configuration; raise ConfigError listing every problem."""
     r = _Reader(source, namespace)
     port_hint = "use a TCP port between 1 and 65535"
@@ -304,6 +306,9 @@ def load(source: ConfigSource, namespace: str) -> StackConfig:
         batch_size=r.integer("cleanupBatchSize", 5000, 1, 1_000_000, "use 1 to 1000000 rows per batch"),
     )
 
+    # Only the throwaway `dev` stack defaults to unprotected: a stack that forgets the key is safe.
+    protect_data = r.boolean("protectData", stack != DEV_STACK)
+
     if r.problems:
         raise ConfigError(r.problems)
     return StackConfig(
@@ -314,6 +319,7 @@ def load(source: ConfigSource, namespace: str) -> StackConfig:
         server=server,
         migrations=migrations,
         cleanup_job=cleanup_job,
+        protect_data=protect_data,
         password_rotation=password_rotation,
     )
 

@@ -70,6 +70,7 @@ DB_COMPONENT = "customer-insights:db:DatabaseAndRoles"
 MIGRATIONS_COMPONENT = "customer-insights:db:Migrations"
 JOB_COMPONENT = "customer-insights:db:TokenCleanupJob"
 TABLE_PRIVILEGES_COMPONENT = "customer-insights:db:TablePrivileges"
+DATA_PROTECTION_COMPONENT = "customer-insights:db:DataProtection"
 RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
 NETWORK = "docker:index/network:Network"
 VOLUME = "docker:index/volume:Volume"
@@ -148,6 +149,7 @@ class Registration:
     property_dependencies: dict[str, list[str]]
     additional_secret_outputs: list[str]
     inputs: dict[str, Any]  # wire form: secrets wrapped
+    protect: bool = False
 
     def __getitem__(self, key: str) -> Any:
         return reveal(self.inputs[key])
@@ -215,6 +217,7 @@ class RecordingMonitor(MockMonitor):
             property_dependencies={k: list(v.urns) for k, v in request.propertyDependencies.items()},
             additional_secret_outputs=list(request.additionalSecretOutputs),
             inputs=rpc.deserialize_properties(request.object, keep_unknowns=True),
+            protect=bool(request.protect),
         )
         with self._lock:
             self.registrations.append(registration)
@@ -388,7 +391,7 @@ def test_container_mode_inventory(run: ProgramRun) -> None:
         counts[r.type] = counts.get(r.type, 0) + 1
     assert counts == {
         SERVER_COMPONENT: 1, DB_COMPONENT: 1, MIGRATIONS_COMPONENT: 1, JOB_COMPONENT: 1,
-        TABLE_PRIVILEGES_COMPONENT: 1,
+        TABLE_PRIVILEGES_COMPONENT: 1, DATA_PROTECTION_COMPONENT: 1,
         NETWORK: 1, VOLUME: 1, REMOTE_IMAGE: 1, CONTAINER: 1,
         RANDOM_PASSWORD: 5,  # the superuser's and one per role
         PG_PROVIDER: 1, ROLE: 4, DATABASE: 1,

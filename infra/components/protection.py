@@ -1,0 +1,23 @@
+"""The stack-wide stop for `pulumi destroy` while the config says the data is protected."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pulumi
+
+
+class DataProtection(pulumi.ComponentResource):
+    """Protected while `protectData` is true, and depending on every other resource of the stack.
+
+    `protect` on the volume and the database alone is not enough: `pulumi destroy` deletes in reverse
+    dependency order and stops only when it reaches a protected resource, after the cron job, the
+    grants and the roles are gone. The engine deletes dependents first, so this component (which
+    depends on everything, components expanding to all their children) is the first and only
+    candidate: destroy fails on it before anything else is touched.
+    """
+
+    def __init__(self, name: str, protect: bool, guarded: Sequence[pulumi.Resource]) -> None:
+        super().__init__("customer-insights:db:DataProtection", name, None,
+                         pulumi.ResourceOptions(protect=protect, depends_on=list(guarded)))
+        self.register_outputs({"protected": protect})

@@ -1,0 +1,573 @@
+"""Failure drills: each fault ends in a clear message, nothing is lost, and the documented recovery
+converges. Real Pulumi CLI/engine, real Docker, real PostgreSQL (README, "Failure drills").
+
+Stacks are shared between drills where that does not weaken them (CI time): one container stack
+goes through the container faults, the data-safety checks and the load; one throwaway stack with no
+resources takes the faults that must stop before anything is declared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from pulumi import automation as auto
+
+from infra.migrate import load_migrations
+from infra.preflight import CONNECT_TIMEOUT
+from tests.e2e.conftest import assert_not_in_state
+from tests.e2e.drill_runner import RESULT
+from tests.e2e.test_full_stack import PROJECT as MAIN_PROJECT
+from tests.e2e.test_full_stack import program as main_program
+from tests.e2e.test_migrations_engine import dsn, migrations_program, recorded, tables
+from tests.support.local_postgres import LocalPostgres, ServerAddress, free_port
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+SLOW = "009_drill_slow.sql"
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def add_slow_migration(sql_dir: Path, seconds: float) -> None:
+    """009: slow, and deliberately not re-runnable: applied twice, it leaves two rows. 010 follows it."""
+    (sql_dir / SLOW).write_text(
+        "-- 009_drill_slow: a failure drill's migration (slow; counts how often it was applied).\n"
+        "CREATE TABLE drill_applications (applied_at timestamptz NOT NULL DEFAULT clock_timestamp());\n"
+        "INSERT INTO drill_applications DEFAULT VALUES;\n"
+        f"SELECT pg_sleep({seconds});\n"
+    )
+    (sql_dir / "009_drill_slow.down.sql").write_text("DROP TABLE drill_applications;\n")
+    (sql_dir / "010_drill_after.sql").write_text("CREATE TABLE drill_after (id int PRIMARY KEY);\n")
+    (sql_dir / "010_drill_after.down.sql").write_text("DROP TABLE drill_after;\n")
+
+
+def applications(conninfo: str) -> int:
+    with psycopg.connect(conninfo) as conn:
+        row = conn.execute("SELECT count(*) FROM drill_applications").fetchone()
+    return int(row[0]) if row else 0
+
+
+def wait_for(what: str, check: Any, timeout: float, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def backends(admin_dsn: str, like: str) -> list[int]:
+    """pids of the sessions (other than ours) whose current query contains `like`."""
+    with psycopg.connect(admin_dsn) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND query LIKE %s",
+            (f"%{like}%",),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return []
+
+
+class Runner:
+    """`pulumi up` of an existing stack in a process group of its own (tests/e2e/drill_runner.py)."""
+
+    def __init__(self, stack: auto.Stack, backend: Path, spec: dict[str, Any]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.e2e.drill_runner"], cwd=REPO, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"backend": str(backend), "stack": stack.name,
+                                          "project": stack.workspace.project_settings().name, **spec}))
+        self.proc.stdin.close()
+        self.output = ""
+
+    def pulumi_cli_pid(self) -> int:
+        found = [p for p in descendants(self.proc.pid) if (c := cmdline(p)) and c[0].endswith("pulumi") and "up" in c]
+        assert len(found) == 1, f"expected one `pulumi up` under the runner, found {found}"
+        return found[0]
+
+    def finish(self, timeout: float = 300) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        try:
+            self.proc.wait(timeout=timeout)
+            self.output = self.proc.stdout.read()
+        finally:
+            self.kill_group()
+        results = [line for line in self.output.splitlines() if line.startswith(RESULT)]
+        assert results, f"the runner ended without a result:\n{self.output[-3000:]}"
+        return dict(json.loads(results[-1][len(RESULT):]))
+
+    def kill_group(self) -> None:
+        """Whatever the runner started and left behind (an orphaned provider after a SIGKILL)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def pending_operations(stack: auto.Stack) -> list[dict[str, Any]]:
+    return list(stack.export_stack().deployment.get("pending_operations") or [])
+
+
+def resource_types(stack: auto.Stack) -> list[str]:
+    """What the stack holds besides its root `pulumi:pulumi:Stack`."""
+    return [r["type"] for r in stack.export_stack().deployment.get("resources") or []
+            if r["type"] != "pulumi:pulumi:Stack"]
+
+
+def assert_tracking_matches_schema(connection: dict[str, Any], sql_dir: Path) -> None:
+    """Every file recorded exactly once, and what each one creates exists."""
+    files = load_migrations(sql_dir)
+    assert set(recorded(connection)) == {f.version for f in files}
+    with psycopg.connect(dsn(connection)) as conn:
+        counts = conn.execute("SELECT version, count(*) FROM schema_migrations GROUP BY version").fetchall()
+    assert {c for _, c in counts} == {1}
+    assert tables(connection) >= {"organizations", "users", "customers", "customer_interactions",
+                                  "behavior_patterns", "refresh_tokens", "drill_applications", "drill_after"}
+    assert applications(dsn(connection)) == 1, "009 was applied more than once"
+
+
+# ---------------------------------------------------------------------------------------------- faults of `up`
+
+
+def test_sigkill_mid_migrations_then_documented_recovery_converges(owner_role_db, new_stack, sql_copy, pg_server):
+    add_slow_migration(sql_copy, seconds=6)
+    stack = new_stack(migrations_program(sql_copy, owner_role_db))
+    runner = Runner(stack, new_stack.backend, {"program": "migrations", "directory": str(sql_copy),
+                                                "connection": owner_role_db})
+    try:
+        wait_for("009 to be running", lambda: backends(pg_server.dsn(owner_role_db["dbname"]), "pg_sleep"), 120)
+        os.kill(runner.pulumi_cli_pid(), signal.SIGKILL)
+        result = runner.finish(timeout=120)
+    finally:
+        runner.kill_group()
+    assert not result["ok"]
+    # The provider that ran 009 lost its engine; its session ends one way or the other.
+    wait_for("the killed run's sessions to end",
+             lambda: not backends(pg_server.dsn(owner_role_db["dbname"]), "pg_sleep"), 60)
+
+    # The killed CLI left its stack lock and a pending create of 009 behind: every command refuses.
+    assert [op["resource"]["urn"].split("::")[-1] for op in pending_operations(stack)] == ["009_drill_slow"]
+    assert_not_in_state(new_stack.backend, str(owner_role_db["password"]))
+    with pytest.raises(auto.errors.CommandError) as locked:
+        stack.up(color="never")
+    assert "the stack is currently locked" in str(locked.value) and "pulumi cancel" in str(locked.value)
+    with psycopg.connect(dsn(owner_role_db)) as conn:
+        before = dict(conn.execute("SELECT version, applied_at FROM schema_migrations").fetchall())
+
+    # The documented recovery (README, "Failure drills").
+    stack.cancel()  # `pulumi cancel`: with a file backend, removes the dead run's lock
+    stack.refresh(color="never", clear_pending_creates=True)  # `pulumi refresh --clear-pending-creates`
+    assert pending_operations(stack) == []
+    log: list[str] = []
+    stack.up(color="never", on_output=log.append)
+
+    assert_tracking_matches_schema(owner_role_db, sql_copy)
+    with psycopg.connect(dsn(owner_role_db)) as conn:
+        after = dict(conn.execute("SELECT version, applied_at FROM schema_migrations").fetchall())
+    assert {v: after[v] for v in before} == before, "a migration applied before the kill was applied again"
+    assert "pending operations" not in "".join(log)
+    stack.preview(expect_no_changes=True, color="never")
+
+
+def test_two_stacks_up_at_once_on_one_database_serialise_their_migrations(
+        owner_role_db, new_stack, sql_copy, pg_server):
+    add_slow_migration(sql_copy, seconds=3)
+    spec = {"program": "migrations", "directory": str(sql_copy), "connection": owner_role_db}
+    stacks = [new_stack(migrations_program(sql_copy, owner_role_db)) for _ in range(2)]
+    runners = [Runner(stack, new_stack.backend, spec) for stack in stacks]
+    try:
+        results = [runner.finish(timeout=300) for runner in runners]
+    finally:
+        for runner in runners:
+            runner.kill_group()
+    assert all(r["ok"] for r in results), [r.get("error", "")[-2000:] for r in results]
+    assert_tracking_matches_schema(owner_role_db, sql_copy)
+    # Each file ran once: in whichever run got the lock first; the other waited and adopted it.
+    adopted = []
+    for stack in stacks:
+        outputs = {r["outputs"]["version"]: r["outputs"]["adopted"]
+                   for r in stack.export_stack().deployment["resources"] if r["type"].endswith(":Migration")}
+        assert set(outputs) == set(recorded(owner_role_db))
+        adopted.append(outputs)
+    for version in recorded(owner_role_db):
+        assert sorted(a[version] for a in adopted) == [False, True], (version, adopted)
+    # The run that waited said so, naming who held the lock.
+    waited = [r.output for r in runners if "waiting for the migration lock, held by pid" in r.output]
+    assert waited, "neither run reported waiting for the migration lock"
+    assert "application_name 'customer-insights-migrations'" in waited[0], waited[0][-3000:]
+
+
+def test_migration_failing_half_way_without_transaction_keeps_what_ran_and_up_continues(
+        owner_role_db, new_stack, sql_copy):
+    # (The transactional case: test_migrations_engine.py::test_failing_migration_stops_the_chain_...)
+    broken = sql_copy / "009_drill_no_transaction.sql"
+    good = (
+        "-- migrate:no-transaction\n"
+        "-- 009: an index built without blocking writes, then a column.\n"
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS customers_drill_idx ON customers (created_at);\n"
+        "\n"
+        "ALTER TABLE customers ADD COLUMN IF NOT EXISTS drill_note text;\n"
+    )
+    broken.write_text(good.replace("drill_note text", "drill_note no_such_type"))
+    (sql_copy / "009_drill_no_transaction.down.sql").write_text(
+        "-- migrate:no-transaction\nALTER TABLE customers DROP COLUMN IF EXISTS drill_note;\n"
+        "DROP INDEX CONCURRENTLY IF EXISTS customers_drill_idx;\n")
+    stack = new_stack(migrations_program(sql_copy, owner_role_db))
+
+    with pytest.raises(auto.errors.CommandError) as failure:
+        stack.up(color="never")
+    message = str(failure.value)
+    assert "009_drill_no_transaction.sql, line 5" in message
+    assert "ALTER TABLE customers ADD COLUMN IF NOT EXISTS drill_note no_such_type" in message
+    assert 'type "no_such_type" does not exist' in message
+    assert "1 statement(s) before it already ran and stay applied (starting at line(s) 3)" in message
+    assert set(recorded(owner_role_db)) == {f"{n:03d}" for n in range(1, 9)}  # earlier files kept
+    with psycopg.connect(dsn(owner_role_db)) as conn:
+        assert conn.execute("SELECT to_regclass('customers_drill_idx') IS NOT NULL").fetchone() == (True,)
+
+    broken.write_text(good)
+    result = stack.up(color="never")
+    assert result.summary.resource_changes.get("create") == 1
+    assert set(recorded(owner_role_db)) == {f"{n:03d}" for n in range(1, 10)}
+    with psycopg.connect(dsn(owner_role_db)) as conn:
+        assert conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'customers' "
+                            "AND column_name = 'drill_note'").fetchone() == (1,)
+
+
+# ---------------------------------------------------------------------------------------------- external mode
+
+
+@pytest.fixture(scope="module")
+def drill_server() -> Iterator[LocalPostgres]:
+    """A server of this module's own, pg_cron in `postgres` (as RDS and Cloud SQL have it)."""
+    server = LocalPostgres().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def external_stack(new_stack, admin: ServerAddress, **extra: Any) -> auto.Stack:
+    config = {"mode": "external", "externalHost": admin.host, "externalPort": admin.port,
+              "externalAdminUser": admin.user, "externalSslMode": "disable",
+              "databaseName": f"drill_{uuid.uuid4().hex[:8]}", "rolePrefix": f"d{uuid.uuid4().hex[:6]}", **extra}
+    values = {k: auto.ConfigValue(value=str(v)) for k, v in config.items()}
+    values["externalAdminPassword"] = auto.ConfigValue(value=admin.password, secret=True)
+    return new_stack(main_program, values, project=MAIN_PROJECT)
+
+
+def preview_fails(stack: auto.Stack, *fragments: str) -> str:
+    with pytest.raises(auto.errors.CommandError) as failure:
+        stack.preview(color="never")
+    message = str(failure.value)
+    for fragment in fragments:
+        assert fragment in message, message[-3000:]
+    assert "Traceback" not in message
+    assert resource_types(stack) == []
+    return message
+
+
+def test_external_server_faults_stop_before_anything_with_the_fix(new_stack, drill_server):
+    """Wrong password, nothing listening, a host that never answers, an admin without CREATEROLE.
+
+    (A server without pg_cron: test_full_stack.py::test_external_server_without_pg_cron_...)
+    """
+    admin = drill_server.address
+    stack = external_stack(new_stack, admin)
+    database = stack.get_config("databaseName").value
+    weak_admin, weak_password = f"drill_admin_{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
+
+    stack.set_config("externalAdminPassword", auto.ConfigValue(value="not-the-password", secret=True))
+    message = preview_fails(stack, "rejected the admin password",
+                            "pulumi config set --secret externalAdminPassword", "Nothing was created")
+    assert "not-the-password" not in message
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        closed_port = closed.getsockname()[1]
+    stack.set_config("externalPort", auto.ConfigValue(value=str(closed_port)))
+    stack.set_config("externalAdminPassword", auto.ConfigValue(value=admin.password, secret=True))
+    preview_fails(stack, "connection refused", "externalHost/externalPort")
+
+    # A listening socket that never accepts: TCP connects, then nothing ever answers.
+    blackhole_host = f"127.{os.getpid() % 200 + 20}.{uuid.uuid4().int % 250}.7"
+    with socket.socket() as blackhole:
+        blackhole.bind((blackhole_host, 0))
+        blackhole.listen(16)
+        stack.set_config("externalHost", auto.ConfigValue(value=blackhole_host))
+        stack.set_config("externalPort", auto.ConfigValue(value=str(blackhole.getsockname()[1])))
+        started = time.monotonic()
+        preview_fails(stack, f"no answer within {CONNECT_TIMEOUT} s", "firewall")
+        waited = time.monotonic() - started
+    assert CONNECT_TIMEOUT <= waited < CONNECT_TIMEOUT + 30, f"preview took {waited:.0f} s"
+
+    with psycopg.connect(admin.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD {}").format(
+            sql.Identifier(weak_admin), sql.Literal(weak_password)))
+    try:
+        stack.set_config("externalHost", auto.ConfigValue(value=admin.host))
+        stack.set_config("externalPort", auto.ConfigValue(value=str(admin.port)))
+        stack.set_config("externalAdminUser", auto.ConfigValue(value=weak_admin))
+        stack.set_config("externalAdminPassword", auto.ConfigValue(value=weak_password, secret=True))
+        preview_fails(stack, f"The admin user '{weak_admin}'", "lacks CREATEROLE",
+                      f"ALTER ROLE {weak_admin} CREATEROLE")
+        with pytest.raises(auto.errors.CommandError):
+            stack.up(color="never")
+        assert resource_types(stack) == []
+    finally:
+        with psycopg.connect(admin.dsn(), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(weak_admin)))
+    with psycopg.connect(admin.dsn()) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (database,)).fetchone() == (0,)
+
+
+# ---------------------------------------------------------------------------------------------- container mode
+
+
+def docker(*args: str, check: bool = True) -> str:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check).stdout
+
+
+def container_stack(new_stack, **config: Any) -> auto.Stack:
+    return new_stack(main_program, {k: auto.ConfigValue(value=str(v)) for k, v in config.items()},
+                     project=MAIN_PROJECT)
+
+
+def in_server(container: str, database: str, query: str) -> str:
+    """A query as the container's superuser over its local socket (the image trusts local connections)."""
+    done = subprocess.run(["docker", "exec", container, "psql", "-U", "postgres", "-d", database, "-Atc", query],
+                          capture_output=True, text=True, check=False)
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def wait_healthy(container: str) -> None:
+    wait_for(f"{container} to be healthy", lambda: docker(
+        "inspect", "--format", "{{.State.Health.Status}}", container, check=False).strip() == "healthy", 120, 0.5)
+
+
+def up_in_background(stack: auto.Stack) -> tuple[threading.Thread, dict[str, Any]]:
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = stack.up(color="never")
+        except auto.errors.CommandError as exc:
+            outcome["error"] = str(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def interrupt_slow_migration(stack: auto.Stack, container: str, database: str, action: list[str]) -> str:
+    """`up` in the background; `docker <action>` while the slow migration runs; the up's error."""
+    thread, outcome = up_in_background(stack)
+    wait_for("the slow migration to run", lambda: in_server(
+        container, database, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep%' "
+        "AND pid <> pg_backend_pid()") == "1", 300, 0.5)
+    docker(*action)
+    thread.join(300)
+    assert "error" in outcome, "up survived the server going away"
+    return str(outcome["error"])
+
+
+def rows(url: str) -> dict[str, int]:
+    with psycopg.connect(url) as conn:
+        return {t: int(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))).fetchone()[0])
+                for t in ("organizations", "users", "refresh_tokens")}
+
+
+def seed(url: str) -> str:
+    """An organisation and a user (the tokens' owner); returns the user's id."""
+    with psycopg.connect(url) as conn:
+        org = conn.execute("INSERT INTO organizations (name) VALUES ('drill') RETURNING id").fetchone()[0]
+        user = conn.execute(
+            "INSERT INTO users (email, password_hash, first_name, last_name, role, organization_id) "
+            "VALUES (%s, %s, 'Drill', 'User', 'analyst', %s) RETURNING id",
+            (f"drill-{uuid.uuid4().hex[:8]}@example.com", "$2b$10$" + "a" * 53, org)).fetchone()[0]
+    return str(user)
+
+
+def derived_image(base: str, tag: str, change: str) -> str:
+    """`base` with one config change (`docker commit --change`): a different image id, nothing built."""
+    created = docker("create", base).strip()
+    try:
+        docker("commit", "--change", change, created, tag)
+    finally:
+        docker("rm", created)
+    return tag
+
+
+def test_container_faults_data_safety_and_cleanup_under_load(new_stack, sql_copy):
+    add_slow_migration(sql_copy, seconds=5)
+    base_image = "customer-insights/postgres-cron:15"
+    stack = container_stack(new_stack, hostPort=free_port(), migrationsDir=sql_copy, cleanupSchedule="* * * * *")
+    container, database = f"postgres-{stack.name}", "customer_insights"
+    tag = uuid.uuid4().hex[:8]
+    minor, major = f"customer-insights/postgres-cron:15-drill-{tag}", f"customer-insights/postgres-cron:16-drill-{tag}"
+    try:
+        # -- the container restarted in the middle of `up`: the running migration fails, naming its file;
+        #    the server comes back by itself (restart policy); `pulumi up` again converges.
+        error = interrupt_slow_migration(stack, container, database, ["restart", "-t", "1", container])
+        assert SLOW in error, error[-3000:]
+        wait_healthy(container)
+        outputs = {k: v.value for k, v in stack.up(color="never").outputs.items()}
+        owner, app = outputs["connection_urls"]["owner"], outputs["connection_urls"]["app"]
+        assert applications(owner) == 1
+
+        # -- the container stopped: in the middle of `up` the running migration fails; the next `up`
+        #    (and preview) stops before anything, saying how to start it; then `up` converges.
+        (sql_copy / "011_drill_slow_again.sql").write_text("SELECT pg_sleep(5);\n")
+        (sql_copy / "011_drill_slow_again.down.sql").write_text("SELECT 1;\n")
+        error = interrupt_slow_migration(stack, container, database, ["stop", "-t", "1", container])
+        assert "011_drill_slow_again.sql" in error, error[-3000:]
+        preview_fails_keeping(stack, f"{container} exists but is exited", f"docker start {container}")
+        docker("start", container)
+        wait_healthy(container)
+        stack.up(color="never")
+        assert "011" in {r[0] for r in psycopg.connect(owner).execute("SELECT version FROM schema_migrations")}
+
+        # -- data safety on a stack other than dev (protectData defaults to true)
+        user = seed(app)
+        before = rows(owner)
+        state_before = sorted(resource_types(stack))
+        with pytest.raises(auto.errors.CommandError) as refused:
+            stack.destroy(color="never")
+        assert "DataProtection::protectData" in str(refused.value) and "cannot be deleted" in str(refused.value)
+        assert sorted(resource_types(stack)) == state_before and rows(owner) == before
+        urns = {r["type"]: r["urn"] for r in stack.export_stack().deployment["resources"]}
+        for target in ("docker:index/volume:Volume", "postgresql:index/database:Database"):
+            with pytest.raises(auto.errors.CommandError) as refused:
+                stack.up(color="never", replace=[urns[target]])
+            assert "unable to replace resource" in str(refused.value) and "protect" in str(refused.value)
+        assert sorted(resource_types(stack)) == state_before and rows(owner) == before
+
+        # -- another PostgreSQL major: refused before anything changes, naming the upgrade path
+        container_id = docker("inspect", "--format", "{{.Id}}", container).strip()
+        stack.set_config("image", auto.ConfigValue(value=derived_image(base_image, major, "ENV PG_MAJOR=16")))
+        preview_fails_keeping(stack, "runs PostgreSQL 16", "pg_dumpall", "pg_upgrade", "Nothing was changed")
+        with pytest.raises(auto.errors.CommandError):
+            stack.up(color="never")
+        assert docker("inspect", "--format", "{{.Id}}", container).strip() == container_id
+
+        # -- another minor of 15: the container is replaced, every row is kept
+        stack.set_config("image", auto.ConfigValue(value=derived_image(base_image, minor, "ENV PG_VERSION=15.99")))
+        changed = stack.up(color="never").summary.resource_changes or {}
+        assert changed.get("replace", 0) >= 1, changed
+        assert docker("inspect", "--format", "{{.Id}}", container).strip() != container_id
+        assert rows(owner) == before
+        stack.preview(expect_no_changes=True, color="never")
+
+        # -- the cleanup job every minute while the application writes ~200 tokens/s
+        cleanup_under_load(app, owner, user, container, database, outputs["cleanup_job"]["job_id"])
+    finally:
+        stack.set_config("protectData", auto.ConfigValue(value="false"))
+        with contextlib.suppress(auto.errors.CommandError):
+            stack.up(color="never")
+    # protectData false: destroy tears everything down (the fixture checks nothing is left).
+    stack.destroy(color="never")
+    assert docker("volume", "ls", "-q", "--filter", f"name=postgres-{stack.name}-data").strip() == ""
+    for image in (minor, major):
+        docker("rmi", image, check=False)
+
+
+def preview_fails_keeping(stack: auto.Stack, *fragments: str) -> None:
+    with pytest.raises(auto.errors.CommandError) as failure:
+        stack.preview(color="never")
+    for fragment in fragments:
+        assert fragment in str(failure.value), str(failure.value)[-3000:]
+
+
+LOAD_SECONDS = 125  # two runs of a once-a-minute job, whatever the phase
+RATE = 200  # tokens per second
+TICK = 0.05
+
+
+def cleanup_under_load(app: str, owner: str, user: str, container: str, database: str, job_id: int) -> None:
+    live: list[str] = []
+    errors: list[str] = []
+    inserted = 0
+    started_wall = in_server(container, database, "SELECT now()")
+    started = time.monotonic()
+    with psycopg.connect(app, autocommit=True) as conn:
+        tick = 0
+        while time.monotonic() - started < LOAD_SECONDS:
+            tick += 1
+            try:
+                # One live token (a day) and the rest expiring within 1-50 s, in one transaction per tick.
+                ids = conn.execute(
+                    "INSERT INTO refresh_tokens (user_id, token, expires_at) "
+                    "SELECT %s, md5(random()::text), CASE WHEN g = 1 THEN now() + interval '1 day' "
+                    "ELSE now() + make_interval(secs => 1 + random() * 49) END FROM generate_series(1, %s) g "
+                    "RETURNING id, expires_at > now() + interval '1 hour'",
+                    (user, int(RATE * TICK))).fetchall()
+                live += [str(i) for i, is_live in ids if is_live]
+                inserted += len(ids)
+            except psycopg.Error as exc:
+                errors.append(str(exc))
+            time.sleep(max(0.0, started + tick * TICK - time.monotonic()))
+    elapsed = time.monotonic() - started
+    assert errors == [], errors[:3]
+    assert inserted >= 0.9 * RATE * LOAD_SECONDS, f"{inserted} tokens in {elapsed:.0f} s"
+
+    # As the superuser (cron.job_run_details shows a role its own runs only); an int and a server timestamp.
+    runs = in_server(container, database,
+                     "SELECT status || ':' || coalesce(return_message, '') FROM cron.job_run_details "  # noqa: S608
+                     f"WHERE jobid = {int(job_id)} AND start_time >= '{started_wall}' ORDER BY start_time"
+                     ).splitlines()
+    assert len(runs) >= 2 and all(r.startswith("succeeded:") for r in runs), runs
+    with psycopg.connect(owner) as conn:
+        last_cutoff, since_last = conn.execute(
+            "SELECT max(cutoff), now() - max(cutoff) FROM refresh_token_cleanup_runs").fetchone()
+        assert since_last.total_seconds() < 60 + 15, since_last
+        # Everything expired before the last run's cutoff is gone; nothing expired a period ago survives.
+        assert conn.execute("SELECT count(*) FROM refresh_tokens WHERE expires_at < %s",
+                            (last_cutoff,)).fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM refresh_tokens WHERE expires_at < now() - interval '75 seconds'"
+                            ).fetchone() == (0,)
+        deleted = conn.execute("SELECT sum(rows_deleted) FROM refresh_token_cleanup_runs").fetchone()[0]
+        assert deleted and deleted > 0
+        present = {str(r[0]) for r in conn.execute("SELECT id FROM refresh_tokens WHERE id = ANY(%s::uuid[])",
+                                                    (live,)).fetchall()}
+    assert present == set(live), f"{len(set(live) - present)} live tokens deleted"
