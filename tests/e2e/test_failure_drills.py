@@ -571,3 +571,57 @@ def cleanup_under_load(app: str, owner: str, user: str, container: str, database
         present = {str(r[0]) for r in conn.execute("SELECT id FROM refresh_tokens WHERE id = ANY(%s::uuid[])",
                                                     (live,)).fetchall()}
     assert present == set(live), f"{len(set(live) - present)} live tokens deleted"
+
+
+def test_container_host_faults_stop_before_anything(new_stack, tmp_path):
+    """Docker engine not running, image missing, host port taken: preview and up stop, nothing is created."""
+    stack = container_stack(new_stack, hostPort=free_port())
+    # The engine: a socket nobody serves (the shared dockerd is never stopped).
+    stack.set_config("docker:host", auto.ConfigValue(value=f"unix://{tmp_path}/no-dockerd.sock"))
+    preview_fails(stack, "Cannot use the Docker engine at unix://", "docker info", "Nothing was changed")
+    with pytest.raises(auto.errors.CommandError):
+        stack.up(color="never")
+    assert resource_types(stack) == []
+    stack.remove_config("docker:host")
+
+    stack.set_config("image", auto.ConfigValue(value=f"customer-insights/no-such-image:{uuid.uuid4().hex[:8]}"))
+    preview_fails(stack, "is not in the Docker engine", "bootstrap/postgres-image/build.sh", "docker image ls")
+    stack.remove_config("image")
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        stack.set_config("hostPort", auto.ConfigValue(value=str(port)))
+        preview_fails(stack, f"hostPort {port} on 127.0.0.1 is already in use", "pulumi config set hostPort")
+        with pytest.raises(auto.errors.CommandError):
+            stack.up(color="never")
+    assert resource_types(stack) == []
+    assert docker("ps", "-aq", "--filter", f"name=postgres-{stack.name}").strip() == ""
+
+
+def test_dev_stack_tears_down_completely(new_stack, drill_server, pulumi_cli):
+    """protectData's default: false on the stack named dev only. Destroy drops a database holding rows
+    only where the stack says so."""
+    admin = drill_server.address
+    config = {"mode": "external", "externalHost": admin.host, "externalPort": str(admin.port),
+              "externalAdminUser": admin.user, "externalSslMode": "disable", "externalAdminIsSuperuser": "true",
+              "databaseName": f"dev_{uuid.uuid4().hex[:8]}", "rolePrefix": f"v{uuid.uuid4().hex[:6]}"}
+    template = new_stack(main_program, {}, project=MAIN_PROJECT)  # a workspace in this test's backend
+    dev = auto.create_stack("dev", project_name=MAIN_PROJECT, program=main_program,
+                            opts=auto.LocalWorkspaceOptions(env_vars=template.workspace.env_vars,
+                                                            pulumi_command=pulumi_cli,
+                                                            project_settings=template.workspace.project_settings()))
+    new_stack.stacks.append(dev)
+    dev.set_all_config({**{k: auto.ConfigValue(value=v) for k, v in config.items()},
+                        "externalAdminPassword": auto.ConfigValue(value=admin.password, secret=True)})
+    outputs = {k: v.value for k, v in dev.up(color="never").outputs.items()}
+    seed(outputs["connection_urls"]["app"])
+    assert not any(r.get("protect") for r in dev.export_stack().deployment["resources"])
+    destroyed = dev.destroy(color="never")
+    assert set(destroyed.summary.resource_changes or {}) == {"delete"}
+    with psycopg.connect(admin.dsn()) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s",
+                            (config["databaseName"],)).fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM pg_roles WHERE rolname LIKE %s",
+                            (config["rolePrefix"] + "%",)).fetchone() == (0,)
