@@ -435,7 +435,7 @@ def derived_image(base: str, tag: str, change: str) -> str:
     try:
         docker("commit", "--change", change, created, tag)
     finally:
-        docker("rm", created)
+        docker("rm", "-v", created)  # -v: the anonymous volume of the image's VOLUME
     return tag
 
 
