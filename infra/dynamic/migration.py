@@ -15,11 +15,13 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 from pulumi.runtime import rpc
 
 from infra.dynamic.base import (
+    PROVIDER_KEY,
     DiffingProvider,
     conninfo,
     password_kept_secret,
     renamed_from_generic_type,
     secret_connection,
+    stop_waiting_on_property_outputs,
 )
 from infra.migrate import (
     AppliedMigration,
@@ -217,3 +219,5 @@ class Migration(Resource, module="db", name="Migration"):
         }
         super().__init__(MigrationProvider(), resource_name, props,
                          renamed_from_generic_type(password_kept_secret(opts)))
+        # Hundreds of migrations: keep the SDK's exit wait linear in their number (see the helper).
+        stop_waiting_on_property_outputs(self, [*props, PROVIDER_KEY])
