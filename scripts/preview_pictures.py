@@ -70,25 +70,34 @@ def graph_dot(stack_graph: str) -> str:
 
     def short(urn: str) -> str:
         parts = urn.split("::")
-        return f"{parts[2].split('$')[-1]}::{parts[-1]}" if len(parts) >= 4 else urn
+        if len(parts) < 4:
+            return urn
+        type_ = parts[2].split("$")[-1]
+        # The root's name is "<project>-<stack>": one picture for every stack
+        return type_ if type_ == "pulumi:pulumi:Stack" else f"{type_}::{parts[-1]}"
 
     nodes = sorted({short(label) for label in labels.values() if "pulumi:providers:" not in label})
     edges = sorted({(short(labels[a]), short(labels[b]), style)
                     for a, b, style in re.findall(r'(Resource\d+) -> (Resource\d+)(?: \[([^\]]*)\])?', stack_graph)
                     if a in labels and b in labels and "pulumi:providers:" not in labels[a] + labels[b]})
-    lines = ["strict digraph resources {", "  graph [rankdir=LR, fontname=\"Helvetica\"];",
+    lines = ["strict digraph resources {", "  graph [rankdir=TB, fontname=\"Helvetica\"];",
              "  node [shape=box, fontname=\"Helvetica\", fontsize=9];"]
     lines += [f'  "{n}";' for n in nodes]
     lines += [f'  "{a}" -> "{b}"{" [" + s + "]" if s else ""};' for a, b, s in edges]
     return "\n".join([*lines, "}"]) + "\n"
 
 
-def render_png(dot_source: Path) -> Path:
-    dot = shutil.which("dot")
-    if dot is None:
-        raise SystemExit("Graphviz's `dot` is not installed: `apt-get install graphviz`")
+def render_png(dot_source: Path, *, reduce: bool = False) -> Path:
+    """`reduce`: an edge only where no longer path implies it (Graphviz's `tred`), so the chains of
+    migrations and grants read as chains instead of a fan of every transitive dependency."""
+    dot, tred = shutil.which("dot"), shutil.which("tred")
+    if dot is None or tred is None:
+        raise SystemExit("Graphviz's `dot` and `tred` are not installed: `apt-get install graphviz`")
     png = dot_source.with_suffix(".png")
-    subprocess.run([dot, "-Tpng", str(dot_source), "-o", str(png)], check=True)
+    source = dot_source.read_text()
+    if reduce:
+        source = subprocess.run([tred], input=source, capture_output=True, text=True, check=True).stdout
+    subprocess.run([dot, "-Tpng", "-Gsize=16,30", "-Gdpi=80", "-o", str(png)], input=source, text=True, check=True)
     return png
 
 
@@ -109,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(source)
     print(args.out)
     if args.png:
-        print(render_png(args.out))
+        print(render_png(args.out, reduce=args.picture == "graph"))
     return 0
 
 

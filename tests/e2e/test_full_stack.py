@@ -3,6 +3,7 @@ the docker, postgresql and random plugins the bootstrap builds (a missing plugin
 
 from __future__ import annotations
 
+import os
 import runpy
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import psycopg
 import pytest
 from pulumi import automation as auto
 
+from scripts.preview_pictures import graph_dot
 from tests.e2e.conftest import assert_not_in_state, clean_up_stack, docker_leftovers
 from tests.support.local_postgres import LocalPostgres, ServerAddress, free_port
 
@@ -75,10 +77,26 @@ def full_cycle(stack: auto.Stack, backend: Path) -> dict[str, Any]:
     return outputs
 
 
-def test_container_mode_up_preview_destroy(provider_plugins, new_stack):
+def stack_graph(stack: auto.Stack, target: Path) -> str:
+    """`pulumi stack graph` of a live stack, run by the CLI in the stack's workspace."""
+    env = {**os.environ, **stack.workspace.env_vars}
+    subprocess.run(["pulumi", "stack", "graph", "--stack", stack.name, str(target)], cwd=stack.workspace.work_dir,
+                   env=env, check=True, capture_output=True, text=True)
+    return target.read_text()
+
+
+def test_container_mode_up_preview_destroy(provider_plugins, new_stack, tmp_path):
     stack = stack_of(new_stack, {"hostPort": free_port(), "cleanupSchedule": "* * * * *"})
     full_cycle(stack, new_stack.backend)
     assert docker_leftovers(stack.name)["container"], "the container was not found by its label or name"
+    # The committed picture of the resource graph is this stack's (docs/resource-graph.dot).
+    current = graph_dot(stack_graph(stack, tmp_path / "graph.dot"))
+    (tmp_path / "resource-graph.dot").write_text(current)
+    assert "customer-insights:db:DatabaseAndRoles::app-db" in current
+    assert current == (REPO / "docs" / "resource-graph.dot").read_text(), (
+        "docs/resource-graph.dot is out of date: `bash scripts/up.sh && source bootstrap/env.sh && "
+        "pulumi stack graph /tmp/graph.dot && python scripts/preview_pictures.py graph /tmp/graph.dot --png`"
+    )
     stack.destroy(color="never")
     assert docker_leftovers(stack.name) == {"container": [], "volume": [], "network": []}
 
