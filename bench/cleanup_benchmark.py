@@ -3,7 +3,7 @@
 
     python bench/cleanup_benchmark.py --rows 1000000 --rows 10000000
 
-For each size: a throwaway PostgreSQL 15 cluster (tests/support/local_postgres.py) with durable
+For each size: a throwaway PostgreSQL 15 cluster (devsupport/local_postgres.py) with durable
 settings, the real schema (sql/ applied by infra.migrate, as `pulumi up` does), a template
 database holding `rows` refresh tokens (half expired, expired/live randomly interleaved on the
 heap pages), and then, for every variant, a fresh copy of that template (CREATE DATABASE ...
@@ -59,11 +59,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from devsupport.local_postgres import LocalPostgres
+from infra.migrate import Migrator, load_migrations
 
-from infra.migrate import Migrator, load_migrations  # noqa: E402
-from tests.support.local_postgres import LocalPostgres  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 DURABLE_SETTINGS = {
     "fsync": "on",

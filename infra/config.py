@@ -10,10 +10,13 @@ import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import pulumi
 from croniter import croniter
+
+from infra.migrate import MigrationFile, MigrationFileError, load_migrations
 
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 VERSION = re.compile(r"^[0-9]{3,}$")
@@ -82,7 +85,7 @@ class ExternalServer:
 
 
 @dataclass(frozen=True)
-class CleanupJob:
+class CleanupJobSettings:
     name: str
     schedule: str
     enabled: bool
@@ -90,7 +93,7 @@ class CleanupJob:
 
 
 @dataclass(frozen=True)
-class Migrations:
+class MigrationSettings:
     directory: str
     accept_checksums: frozenset[str]
     keep_data_on_destroy: bool
@@ -111,6 +114,22 @@ def migration_fixes(namespace: str) -> dict[str, str]:
     }
 
 
+def checked_migrations(directory: Path, settings: MigrationSettings, namespace: str) -> list[MigrationFile]:
+    """The migrations of `directory` (migrationsDir), loaded and validated once, before any resource is
+    declared; what the library refuses is worded in this program's config keys."""
+    try:
+        files = load_migrations(directory)
+    except MigrationFileError as exc:
+        raise ConfigError([f"{namespace}:migrationsDir: {exc}"]) from exc
+    unknown = sorted(settings.accept_checksums - {f.version for f in files})
+    if unknown:
+        raise ConfigError([
+            f"{namespace}:acceptChecksums: versions {unknown} have no file in {directory}; "
+            "remove them from the stack config"
+        ])
+    return files
+
+
 @dataclass(frozen=True)
 class StackConfig:
     mode: Literal["container", "external"]
@@ -118,8 +137,8 @@ class StackConfig:
     roles: RoleNames
     password_length: int
     server: ContainerServer | ExternalServer
-    migrations: Migrations
-    cleanup_job: CleanupJob
+    migrations: MigrationSettings
+    cleanup_job: CleanupJobSettings
     # Pulumi `protect` on what holds data (volume, database, migrations): destroy and replacement stop.
     protect_data: bool = True
     # passwordRotation: a counter per role ("all" for every role); see _password_rotation.
@@ -292,14 +311,14 @@ def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
     elif not isinstance(accept, list) or not all(isinstance(v, str) and VERSION.match(v) for v in accept):
         r.problem("acceptChecksums", f"{accept!r} must be a list of migration versions, e.g. [\"003\"]")
         accept = []
-    migrations = Migrations(
+    migrations = MigrationSettings(
         directory=r.text("migrationsDir", "sql"),
         accept_checksums=frozenset(accept),
         keep_data_on_destroy=r.boolean("keepDataOnDestroy", False),
         allow_out_of_order=r.boolean("allowOutOfOrder", False),
     )
 
-    cleanup_job = CleanupJob(
+    cleanup_job = CleanupJobSettings(
         name=r.text("cleanupJobName", f"{database}-delete-expired-refresh-tokens"),
         schedule=r.text("cleanupSchedule", "*/15 * * * *", check=validate_cron_schedule),
         enabled=r.boolean("cleanupEnabled", True),

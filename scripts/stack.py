@@ -24,13 +24,13 @@ from pathlib import Path
 
 from pulumi import automation as auto
 
+from devsupport.versions import toolchain_pins
+
 REPO = Path(__file__).resolve().parent.parent
 DEV_PASSPHRASE = "customer-insights-dev"
 
 
 def program() -> None:
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     runpy.run_path(str(REPO / "__main__.py"), run_name="__main__")
 
 
@@ -47,14 +47,6 @@ def workspace_env(backend_url: str) -> dict[str, str]:
     }
     env["PULUMI_CONFIG_PASSPHRASE"] = os.environ.get("PULUMI_CONFIG_PASSPHRASE", DEV_PASSPHRASE)
     return env
-
-
-def toolchain_pins() -> dict[str, str]:
-    """The variables of bootstrap/versions.env, the one place toolchain versions are pinned."""
-    return dict(
-        line.split("=", 1) for line in (REPO / "bootstrap" / "versions.env").read_text().splitlines()
-        if "=" in line and not line.startswith("#")
-    )
 
 
 def required_plugins() -> dict[str, str]:

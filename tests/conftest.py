@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.local_postgres import LocalPostgres, ServerAddress
+from devsupport.local_postgres import LocalPostgres, ServerAddress
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 import pulumi
 import pulumi_postgresql as postgresql
@@ -13,6 +12,7 @@ import pulumi_random as random
 
 from infra.components.privileges import PrivilegeSequence
 from infra.config import RoleNames
+from infra.connection import Connection
 
 TABLE_WRITE = ["SELECT", "INSERT", "UPDATE", "DELETE"]
 SCHEMA = "public"
@@ -35,21 +35,10 @@ MIGRATION_HISTORY = "schema_migrations"
 
 
 @dataclass
-class AdminConnection:
-    """How Pulumi reaches the server as an administrator (container superuser or managed admin)."""
-
-    host: pulumi.Input[str]
-    port: pulumi.Input[int]
-    username: pulumi.Input[str]
-    password: pulumi.Input[str]
-    sslmode: str
-    database: str
-    superuser: bool
-
-
-@dataclass
 class DatabaseAndRolesArgs:
-    admin: AdminConnection
+    # How Pulumi reaches the server as an administrator (container superuser or managed admin).
+    admin: Connection
+    admin_is_superuser: bool
     database: str
     roles: RoleNames
     password_length: int
@@ -58,12 +47,6 @@ class DatabaseAndRolesArgs:
     # RandomPassword keepers per role purpose (config passwordRotation): a change makes a new password.
     password_keepers: Mapping[str, Mapping[str, str] | None] = field(default_factory=dict)
     protect_data: bool = False  # config protectData: Pulumi `protect` on the database (issue 10)
-
-
-@dataclass
-class RoleCredentials:
-    username: str
-    password: pulumi.Output[str]
 
 
 class DatabaseAndRoles(pulumi.ComponentResource):
@@ -75,7 +58,7 @@ class DatabaseAndRoles(pulumi.ComponentResource):
 
     provider: postgresql.Provider
     database: postgresql.Database
-    credentials: dict[str, RoleCredentials]
+    roles: dict[str, postgresql.Role]  # by purpose (PURPOSES)
 
     def __init__(self, name: str, args: DatabaseAndRolesArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("customer-insights:db:DatabaseAndRoles", name, None, opts)
@@ -83,17 +66,18 @@ class DatabaseAndRoles(pulumi.ComponentResource):
             f"{name}-admin",
             host=args.admin.host,
             port=args.admin.port,
-            username=args.admin.username,
+            username=args.admin.user,
             password=args.admin.password,
             database=args.admin.database,
             sslmode=args.admin.sslmode,
-            superuser=args.admin.superuser,
+            superuser=args.admin_is_superuser,
             connect_timeout=30,
             opts=pulumi.ResourceOptions(parent=self),
         )
         on_server = pulumi.ResourceOptions(parent=self, provider=self.provider)
 
-        self.credentials = {}
+        self._admin = args.admin
+        self._logins: dict[str, tuple[str, pulumi.Output[str]]] = {}
         roles: dict[str, postgresql.Role] = {}
         for purpose, role_name in (
             ("owner", args.roles.owner),
@@ -123,7 +107,7 @@ class DatabaseAndRoles(pulumi.ComponentResource):
                 inherit=True,
                 opts=on_server,
             )
-            self.credentials[purpose] = RoleCredentials(role_name, password.result)
+            self._logins[purpose] = (role_name, password.result)
 
         self.database = postgresql.Database(
             name,
@@ -190,6 +174,11 @@ class DatabaseAndRoles(pulumi.ComponentResource):
         self.roles = roles
         self.register_outputs({"database": self.database.name, "roles": {k: r.name for k, r in roles.items()}})
 
+    def connection_for(self, purpose: str) -> Connection:
+        """How `purpose`'s role (one of PURPOSES) reaches the application database."""
+        user, password = self._logins[purpose]
+        return self._admin.to_database(self.database.name).as_user(user, password)
+
 
 @dataclass
 class TablePrivilegesArgs:
@@ -236,14 +225,3 @@ class TablePrivileges(pulumi.ComponentResource):
         grant("app-history-revoke", role=args.roles["app"].name, object_type="table",
               objects=[MIGRATION_HISTORY], privileges=[])
         self.register_outputs({})
-
-
-def connection_url(host: pulumi.Input[str], port: pulumi.Input[int], database: pulumi.Input[str],
-                   username: str, password: pulumi.Input[str]) -> pulumi.Output[str]:
-    """A secret postgresql:// URL (the password percent-encoded, an IPv6 host bracketed)."""
-
-    def url(v: list[Any]) -> str:
-        host = f"[{v[0]}]" if ":" in str(v[0]) else str(v[0])
-        return f"postgresql://{quote(username, safe='')}:{quote(str(v[3]), safe='')}@{host}:{v[1]}/{v[2]}"
-
-    return pulumi.Output.secret(pulumi.Output.all(host, port, database, password).apply(url))

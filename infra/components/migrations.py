@@ -4,39 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pulumi
 
-from infra.config import ConfigError
+from infra.connection import Connection
 from infra.dynamic.migration import Migration
-from infra.migrate import MigrationFile, MigrationFileError, MigrationsError, load_migrations
+from infra.migrate import MigrationFile, MigrationsError
 from infra.migrate.review import review_migration
-
-
-def checked_migrations(directory: str, accept_checksums: frozenset[str]) -> list[MigrationFile]:
-    """The files of `directory`, validated; called before any resource is declared."""
-    try:
-        files = load_migrations(directory)
-    except MigrationFileError as exc:
-        raise ConfigError([f"customer-insights-db:migrationsDir: {exc}"]) from exc
-    unknown = sorted(accept_checksums - {f.version for f in files})
-    if unknown:
-        raise ConfigError([
-            f"customer-insights-db:acceptChecksums: versions {unknown} have no file in {directory}; "
-            "remove them from the stack config"
-        ])
-    return files
 
 
 @dataclass
 class MigrationsArgs:
-    directory: str
-    # host, port, dbname, user (the owner role, never a superuser), password, sslmode
-    connection: dict[str, pulumi.Input[Any]]
+    # Loaded and validated once by the program (`infra.config.checked_migrations`), in version order.
+    migrations: Sequence[MigrationFile]
+    directory: str  # where they were read from: the review looks for squawk's configuration from there
+    connection: Connection  # as the owner role, never a superuser
     accept_checksums: frozenset[str] = field(default_factory=frozenset)
     keep_data_on_destroy: bool = False
     # Apply a pending file numbered below the highest applied version (refused by default).
@@ -91,9 +76,8 @@ class Migrations(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: MigrationsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("customer-insights:db:Migrations", name, None, opts)
-        files = checked_migrations(args.directory, args.accept_checksums)
         previous: Migration | None = None
-        for migration in files:
+        for migration in args.migrations:
             previous = Migration(
                 migration.filename.removesuffix(".sql"),
                 migration=migration,
@@ -107,5 +91,5 @@ class Migrations(pulumi.ComponentResource):
             if pulumi.runtime.is_dry_run():
                 review_if_pending(previous, migration, args)
         self.last = previous
-        self.versions = [f.version for f in files]
+        self.versions = [f.version for f in args.migrations]
         self.register_outputs({"versions": self.versions})

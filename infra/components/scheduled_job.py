@@ -1,78 +1,83 @@
-"""The scheduled deletion of expired refresh tokens, run by pg_cron inside PostgreSQL."""
+"""A job run by pg_cron inside PostgreSQL, with the few privileges its role needs to run it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
 import pulumi
 import pulumi_postgresql as postgresql
 
 from infra.components.privileges import PrivilegeSequence
+from infra.connection import Connection
 from infra.dynamic.cron_job import CronJob
 
-CLEANUP_PROCEDURE = "delete_expired_refresh_tokens"
+
+@dataclass(frozen=True)
+class JobGrant:
+    """One privilege the job's role needs: a `postgresql.Grant` named `<job>-<name>`."""
+
+    name: str
+    object_type: str  # table, column, sequence, function, procedure, ...
+    objects: Sequence[str]
+    privileges: Sequence[str]
+    columns: Sequence[str] | None = None  # object_type "column" only
+    schema: str = "public"
 
 
 @dataclass
 class ScheduledJobArgs:
     provider: postgresql.Provider  # admin connection, for the extension and the grants
-    # admin connection to pg_cron's own database (the server's cron.database_name)
-    admin_connection: dict[str, pulumi.Input[Any]]
-    cron_database: pulumi.Input[str]
-    database: pulumi.Input[str]  # where the job runs: the application database
-    run_as: pulumi.Input[str]  # the token-cleanup role
+    # Admin connection to pg_cron's own database (the server's cron.database_name).
+    cron_connection: Connection
+    database: pulumi.Input[str]  # where the job runs
+    run_as: pulumi.Input[str]  # the role the job runs as
     job_name: str
     schedule: str
+    command: str
     enabled: bool
-    batch_size: int
-    after: list[pulumi.Resource]  # the migrations that create the table and the procedure
+    grants: Sequence[JobGrant]  # exactly what `run_as` needs for `command`, in `database`
+    after: Sequence[pulumi.Resource]  # what creates the objects the grants and the command name
     privileges: PrivilegeSequence  # see infra/components/privileges.py
     # A server shared with others (external mode) keeps pg_cron on destroy: other jobs may use it.
     keep_extension_on_destroy: bool = False
 
 
-class TokenCleanupJob(pulumi.ComponentResource):
-    """pg_cron extension, the cleanup role's few grants, and the job itself.
+class ScheduledJob(pulumi.ComponentResource):
+    """The pg_cron extension, the job role's grants, and the job, created once all of them exist."""
 
-    The role may delete from refresh_tokens (reading only the columns the WHERE clause needs),
-    record its runs, and call the procedure: nothing more.
-    """
+    # A subclass may keep the type token its stacks recorded (changing it would re-parent every child).
+    component_type: ClassVar[str] = "customer-insights:db:ScheduledJob"
 
     job: CronJob
 
     def __init__(self, name: str, args: ScheduledJobArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("customer-insights:db:TokenCleanupJob", name, None, opts)
-        on_server = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=args.after)
+        super().__init__(self.component_type, name, None, opts)
+        on_server = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=list(args.after))
         extension = postgresql.Extension(
-            f"{name}-pg-cron", name="pg_cron", database=args.cron_database,
+            f"{name}-pg-cron", name="pg_cron", database=args.cron_connection.database,
             opts=pulumi.ResourceOptions.merge(on_server, pulumi.ResourceOptions(
                 retain_on_delete=args.keep_extension_on_destroy)),
         )
 
         sequence = args.privileges
-
-        def grant(suffix: str, object_type: str, objects: list[str], privileges: list[str],
-                  columns: list[str] | None = None) -> postgresql.Grant:
-            return sequence.then(postgresql.Grant(
-                f"{name}-{suffix}", database=args.database, role=args.run_as, schema="public",
-                object_type=object_type, objects=objects, columns=columns, privileges=privileges,
+        grants = [
+            sequence.then(postgresql.Grant(
+                f"{name}-{g.name}", database=args.database, role=args.run_as, schema=g.schema,
+                object_type=g.object_type, objects=list(g.objects),
+                columns=list(g.columns) if g.columns is not None else None, privileges=list(g.privileges),
                 opts=sequence.options(on_server),
             ))
-
-        grants = [
-            grant("delete-tokens", "table", ["refresh_tokens"], ["DELETE"]),
-            grant("read-token-expiry", "column", ["refresh_tokens"], ["SELECT"], columns=["id", "expires_at"]),
-            grant("record-runs", "table", ["refresh_token_cleanup_runs"], ["INSERT"]),
-            grant("call-procedure", "procedure", [CLEANUP_PROCEDURE], ["EXECUTE"]),
+            for g in args.grants
         ]
 
         self.job = CronJob(
             name,
-            connection=args.admin_connection,
+            connection=args.cron_connection,
             job_name=args.job_name,
             schedule=args.schedule,
-            command=f"CALL {CLEANUP_PROCEDURE}(batch_size => {int(args.batch_size)})",
+            command=args.command,
             database=args.database,
             run_as=args.run_as,
             active=args.enabled,

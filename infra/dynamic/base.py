@@ -1,4 +1,4 @@
-"""Shared base of this program's dynamic providers."""
+"""Shared base of this program's dynamic providers (their connection inputs: `infra.connection`)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-import psycopg
 import pulumi
 from pulumi.dynamic import DiffResult, ResourceProvider
+
+from infra.connection import PASSWORD
 
 # The type every dynamic resource had before they got their own (`class X(Resource, module=..., name=...)`).
 GENERIC_DYNAMIC_TYPE = "pulumi-python:dynamic:Resource"
@@ -39,28 +40,9 @@ class DiffingProvider(ResourceProvider):
         return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
 
 
-def conninfo(props: Mapping[str, Any], *, application_name: str) -> str:
-    """A libpq connection string from the connection inputs every provider here takes."""
-    return psycopg.conninfo.make_conninfo(
-        host=props["host"],
-        port=int(props["port"]),
-        dbname=props["dbname"],
-        user=props["user"],
-        password=props["password"],
-        sslmode=props.get("sslmode") or "prefer",
-        connect_timeout=15,
-        application_name=application_name,
-    )
-
-
-def secret_connection(connection: Mapping[str, pulumi.Input[Any]]) -> dict[str, Any]:
-    """Connection inputs with the password wrapped as a secret (it is pickled into the state)."""
-    return {**connection, "password": pulumi.Output.secret(connection["password"])}
-
-
 def password_kept_secret(opts: pulumi.ResourceOptions | None) -> pulumi.ResourceOptions:
     """Options that keep the password secret in the outputs too: delete and refresh read it there."""
-    return pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["password"]))
+    return pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=[PASSWORD]))
 
 
 def renamed_from_generic_type(opts: pulumi.ResourceOptions | None) -> pulumi.ResourceOptions:

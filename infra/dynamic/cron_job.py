@@ -8,13 +8,8 @@ import psycopg
 import pulumi
 from pulumi.dynamic import CreateResult, ReadResult, Resource, UpdateResult
 
-from infra.dynamic.base import (
-    DiffingProvider,
-    conninfo,
-    password_kept_secret,
-    renamed_from_generic_type,
-    secret_connection,
-)
+from infra.connection import Connection, conninfo
+from infra.dynamic.base import DiffingProvider, password_kept_secret, renamed_from_generic_type
 
 APPLICATION_NAME = "pulumi-cron-job"
 
@@ -87,7 +82,7 @@ class CronJob(Resource, module="db", name="CronJob"):
         self,
         resource_name: str,
         *,
-        connection: dict[str, pulumi.Input[Any]],
+        connection: Connection,
         job_name: pulumi.Input[str],
         schedule: pulumi.Input[str],
         command: pulumi.Input[str],
@@ -97,7 +92,7 @@ class CronJob(Resource, module="db", name="CronJob"):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         props: dict[str, Any] = {
-            **secret_connection(connection),
+            **connection.provider_inputs(),
             "job_name": job_name,
             "schedule": schedule,
             "command": command,

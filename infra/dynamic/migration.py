@@ -12,15 +12,13 @@ from typing import Any, ClassVar
 
 import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, Resource, UpdateResult
-from pulumi.runtime import rpc
 
+from infra.connection import Connection, conninfo, database_of
 from infra.dynamic.base import (
     PROVIDER_KEY,
     DiffingProvider,
-    conninfo,
     password_kept_secret,
     renamed_from_generic_type,
-    secret_connection,
     stop_waiting_on_property_outputs,
 )
 from infra.migrate import (
@@ -68,10 +66,9 @@ _applied_by_database: dict[tuple[Any, ...], dict[str, AppliedMigration] | None] 
 
 def _out_of_order(news: dict[str, Any]) -> str | None:
     """Why a pending migration must not be applied (a higher version is), checked in `preview`."""
-    connection = ("host", "port", "dbname", "user", "password")
-    if news.get("allow_out_of_order") or any(news.get(k) in (None, rpc.UNKNOWN) for k in connection):
+    key = database_of(news)
+    if news.get("allow_out_of_order") or key is None:
         return None  # unknown connection: the database is being created, nothing is applied there yet
-    key = (news["host"], news["port"], news["dbname"])
     if key not in _applied_by_database:
         try:
             _applied_by_database[key] = _migrator(news).applied()
@@ -191,7 +188,7 @@ class Migration(Resource, module="db", name="Migration"):
         resource_name: str,
         *,
         migration: MigrationFile,
-        connection: dict[str, pulumi.Input[Any]],
+        connection: Connection,
         accept_checksum: bool,
         keep_on_destroy: bool,
         allow_out_of_order: bool = False,
@@ -199,7 +196,7 @@ class Migration(Resource, module="db", name="Migration"):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         props: dict[str, Any] = {
-            **secret_connection(connection),
+            **connection.provider_inputs(),
             "version": migration.version,
             "name": migration.name,
             "filename": migration.filename,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MigrationFileError
-from .statements import split_statements, transaction_control
+from .statements import Statement, split_statements, transaction_control
 
 NO_TRANSACTION_MARKER = "-- migrate:no-transaction"
 
@@ -89,8 +89,8 @@ def is_transactional(sql: str) -> bool:
     return True
 
 
-def validate_script(filename: str, sql: str, transactional: bool) -> None:
-    """Raise MigrationFileError if the script has no statement, or (transactional) controls the
+def validate_script(filename: str, sql: str, transactional: bool) -> list[Statement]:
+    """The script's statements; MigrationFileError if it has none, or (transactional) controls the
     transaction itself."""
     statements = split_statements(sql)
     if not statements:
@@ -109,6 +109,7 @@ def validate_script(filename: str, sql: str, transactional: bool) -> None:
                     f"script must manage transactions itself, put `{NO_TRANSACTION_MARKER}` in its "
                     "header (its statements then run one by one, in autocommit)."
                 )
+    return statements
 
 
 def _read(path: Path) -> str:

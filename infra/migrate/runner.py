@@ -28,7 +28,7 @@ from . import tracking
 from .errors import ChecksumMismatchError, MigrationFailedError, MigrationsError, OutOfOrderMigrationError
 from .files import NO_TRANSACTION_MARKER, MigrationFile, validate_script
 from .locking import migration_lock
-from .statements import Statement, split_statements
+from .statements import Statement
 from .tracking import AppliedMigration, highest_of, version_number
 
 DEFAULT_CONNECT_TIMEOUT = 10  # seconds, unless the conninfo or PGCONNECT_TIMEOUT says otherwise
@@ -134,7 +134,7 @@ class Migrator:
         """Apply `m` (or adopt it when it is already recorded with the same checksum: nothing runs).
         Returns (record, adopted). OutOfOrderMigrationError, before anything runs, if `m` is not applied
         but a higher version is, unless `allow_out_of_order`."""
-        validate_script(m.filename, m.up_sql, m.transactional)
+        statements = validate_script(m.filename, m.up_sql, m.transactional)
         with self._session(locked=True) as conn:
             tracking.ensure_table(conn)
             record = tracking.fetch(conn, m.version)
@@ -147,7 +147,6 @@ class Migrator:
             elif (highest := tracking.highest(conn)) and version_number(highest.version) > version_number(m.version):
                 self._say(f"{m.filename}: applied out of order (after {highest.version}), as allowed")
             self._say(f"{m.filename}: applying ({_mode(m.transactional)})")
-            statements = split_statements(m.up_sql)
 
             def record_it(duration_ms: int) -> AppliedMigration:
                 return tracking.insert(conn, m.version, m.name, m.checksum, duration_ms)
@@ -194,9 +193,8 @@ class Migrator:
                     f"public.schema_migrations (version '{m.version}')."
                 )
             down_transactional = m.down_transactional
-            validate_script(m.down_filename, m.down_sql, down_transactional)
+            statements = validate_script(m.down_filename, m.down_sql, down_transactional)
             self._say(f"{m.down_filename}: reverting {m.filename} ({_mode(down_transactional)})")
-            statements = split_statements(m.down_sql)
 
             def forget_it(duration_ms: int) -> AppliedMigration:
                 tracking.delete(conn, m.version)

@@ -17,19 +17,13 @@ import pytest
 from psycopg import sql
 from pulumi import automation as auto
 
-from scripts.stack import missing_plugins, toolchain_pins, workspace_env
-from tests.support.local_postgres import ServerAddress
+from devsupport.local_postgres import ServerAddress
+from devsupport.versions import pulumi_bin_dir
+from scripts.stack import missing_plugins, workspace_env
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = "customer-insights-e2e"
 PASSPHRASE = "e2e-test-passphrase"
-
-
-def pulumi_bin_dir() -> Path:
-    cache = os.environ.get("CUSTOMER_INSIGHTS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "customer-insights-pg"
-    )
-    return Path(cache) / f"pulumi-v{toolchain_pins()['PULUMI_CLI_VERSION']}" / "bin"
 
 
 @pytest.fixture(scope="session")

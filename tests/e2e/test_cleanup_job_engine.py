@@ -18,11 +18,12 @@ import pulumi
 import pytest
 from psycopg import sql
 
+from devsupport.local_postgres import ServerAddress
+from infra.connection import Connection
 from infra.dynamic.cron_job import CronJob
 from infra.migrate import Migrator, load_migrations
 from scripts import cleanup_history
 from tests.e2e.conftest import assert_not_in_state
-from tests.support.local_postgres import ServerAddress
 
 pytestmark = pytest.mark.e2e
 
@@ -63,8 +64,8 @@ def job_program(app: dict[str, Any], schedule: str, job_name: str):
     def program() -> None:
         job = CronJob(
             "token-cleanup",
-            connection={"host": admin.host, "port": admin.port, "dbname": CRON_DATABASE, "user": admin.user,
-                        "password": pulumi.Output.secret(admin.password), "sslmode": "disable"},
+            connection=Connection(host=admin.host, port=admin.port, database=CRON_DATABASE, user=admin.user,
+                                  password=admin.password, sslmode="disable"),
             job_name=job_name,
             schedule=schedule,
             command="CALL delete_expired_refresh_tokens(batch_size => 1000)",

@@ -19,9 +19,9 @@ import pytest
 from psycopg import sql
 from pulumi import automation as auto
 
+from devsupport.local_postgres import ServerAddress, free_port
 from tests.e2e.test_full_stack import stack_of
 from tests.e2e.test_preview_review import cron_target  # noqa: F401  (fixture: pg_cron's database exists)
-from tests.support.local_postgres import ServerAddress, free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -27,6 +27,7 @@ import pytest
 from psycopg import sql
 from pulumi import automation as auto
 
+from devsupport.local_postgres import LocalPostgres, ServerAddress, free_port
 from infra.migrate import load_migrations
 from infra.preflight import CONNECT_TIMEOUT
 from tests.e2e.conftest import assert_not_in_state
@@ -34,7 +35,6 @@ from tests.e2e.drill_runner import RESULT
 from tests.e2e.test_full_stack import PROJECT as MAIN_PROJECT
 from tests.e2e.test_full_stack import program as main_program
 from tests.e2e.test_migrations_engine import dsn, migrations_program, recorded, tables
-from tests.support.local_postgres import LocalPostgres, ServerAddress, free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -15,9 +15,9 @@ import psycopg
 import pytest
 from pulumi import automation as auto
 
+from devsupport.local_postgres import LocalPostgres, ServerAddress, free_port
 from scripts.preview_pictures import graph_dot
 from tests.e2e.conftest import assert_not_in_state, clean_up_stack, docker_leftovers
-from tests.support.local_postgres import LocalPostgres, ServerAddress, free_port
 
 pytestmark = pytest.mark.e2e
 

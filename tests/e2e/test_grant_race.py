@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from devsupport.local_postgres import free_port
 from tests.e2e.conftest import docker_leftovers
 from tests.e2e.test_full_stack import stack_of
-from tests.support.local_postgres import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -15,6 +15,7 @@ from pulumi import automation as auto
 
 from infra import config as stack_config
 from infra.components.migrations import Migrations, MigrationsArgs
+from infra.connection import Connection
 from tests.e2e.conftest import PROJECT
 from tests.e2e.test_migrations_engine import recorded, tables
 
@@ -24,9 +25,10 @@ pytestmark = pytest.mark.e2e
 def configured_program(connection: dict[str, Any]):
     def program() -> None:
         cfg = stack_config.load(pulumi.Config(), namespace=pulumi.get_project(), stack=pulumi.get_stack())
-        conn = {**connection, "password": pulumi.Output.secret(connection["password"])}
+        directory = Path(cfg.migrations.directory)
         chain = Migrations("schema", MigrationsArgs(
-            directory=cfg.migrations.directory, connection=conn,
+            migrations=stack_config.checked_migrations(directory, cfg.migrations, pulumi.get_project()),
+            directory=str(directory), connection=Connection.from_inputs(connection),
             accept_checksums=cfg.migrations.accept_checksums,
             keep_data_on_destroy=cfg.migrations.keep_data_on_destroy,
             allow_out_of_order=cfg.migrations.allow_out_of_order,

@@ -12,6 +12,7 @@ from pulumi import automation as auto
 
 from infra.components.migrations import Migrations, MigrationsArgs
 from infra.config import migration_fixes
+from infra.connection import Connection
 from infra.migrate import Migrator, load_migrations
 from tests.e2e.conftest import PROJECT, assert_not_in_state
 
@@ -23,8 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 def migrations_program(directory: Path, connection: dict[str, Any], *, accept: frozenset[str] = frozenset(),
                        keep_data: bool = False):
     def program() -> None:
-        conn = {**connection, "password": pulumi.Output.secret(connection["password"])}
-        chain = Migrations("schema", MigrationsArgs(directory=str(directory), connection=conn,
+        chain = Migrations("schema", MigrationsArgs(migrations=load_migrations(directory), directory=str(directory),
+                                                    connection=Connection.from_inputs(connection),
                                                     accept_checksums=accept, keep_data_on_destroy=keep_data,
                                                     fixes=migration_fixes(pulumi.get_project())))
         pulumi.export("versions", chain.versions)

@@ -25,17 +25,19 @@ import pytest
 from psycopg import sql
 from pulumi import automation as auto
 
+from devsupport.local_postgres import ServerAddress
 from infra.components.migrations import Migrations, MigrationsArgs
 from infra.config import migration_fixes
+from infra.connection import Connection
 from infra.dynamic import cron_job as cron_job_module
 from infra.dynamic import migration as migration_module
 from infra.dynamic.base import GENERIC_DYNAMIC_TYPE
 from infra.dynamic.cron_job import CronJob
 from infra.dynamic.migration import Migration
+from infra.migrate import load_migrations
 from scripts import preview_comment
 from scripts.stack import workspace_env
 from tests.e2e.conftest import PASSPHRASE, StackFactory
-from tests.support.local_postgres import ServerAddress
 
 pytestmark = pytest.mark.e2e
 
@@ -83,10 +85,10 @@ def chain_and_job(directory: Path, connection: dict[str, Any], cron: dict[str, A
                   schedule: str, *, old_types: bool = False):
     def program() -> None:
         with generic_types() if old_types else contextlib.nullcontext():
-            owner = {**connection, "password": pulumi.Output.secret(connection["password"])}
-            chain = Migrations("schema", MigrationsArgs(directory=str(directory), connection=owner,
+            chain = Migrations("schema", MigrationsArgs(migrations=load_migrations(directory), directory=str(directory),
+                                                        connection=Connection.from_inputs(connection),
                                                         fixes=migration_fixes("customer-insights-db")))
-            CronJob("nightly", connection={**cron, "password": pulumi.Output.secret(cron["password"])},
+            CronJob("nightly", connection=Connection.from_inputs(cron),
                     job_name=job_name, schedule=schedule, command="SELECT 1", database=connection["dbname"],
                     run_as=connection["user"], active=True, opts=pulumi.ResourceOptions(depends_on=[chain]))
     return program
@@ -178,17 +180,21 @@ import sys
 sys.path.insert(0, {repo!r})
 import pulumi
 from infra.components.migrations import Migrations, MigrationsArgs
+from infra.connection import Connection
 from infra.dynamic.cron_job import CronJob
+from infra.migrate import load_migrations
 
 cfg = pulumi.Config()
 def connection(prefix):
-    return {{"host": cfg.require(prefix + "Host"), "port": cfg.require_int(prefix + "Port"),
-            "dbname": cfg.require(prefix + "Db"), "user": cfg.require(prefix + "User"),
-            "password": cfg.require_secret(prefix + "Password"), "sslmode": "disable"}}
+    return Connection(host=cfg.require(prefix + "Host"), port=cfg.require_int(prefix + "Port"),
+                      database=cfg.require(prefix + "Db"), user=cfg.require(prefix + "User"),
+                      password=cfg.require_secret(prefix + "Password"), sslmode="disable")
 owner = connection("owner")
-chain = Migrations("schema", MigrationsArgs(directory=cfg.require("migrationsDir"), connection=owner))
+directory = cfg.require("migrationsDir")
+chain = Migrations("schema", MigrationsArgs(migrations=load_migrations(directory), directory=directory,
+                                            connection=owner))
 CronJob("nightly", connection=connection("cron"), job_name=cfg.require("jobName"), schedule=cfg.require("schedule"),
-        command="SELECT 1", database=owner["dbname"], run_as=owner["user"], active=True,
+        command="SELECT 1", database=owner.database, run_as=owner.user, active=True,
         opts=pulumi.ResourceOptions(depends_on=[chain]))
 """
 

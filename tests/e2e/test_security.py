@@ -30,10 +30,10 @@ import pytest
 from psycopg import sql
 from pulumi import automation as auto
 
+from devsupport.local_postgres import free_port
 from infra.components.database import SECRET_COLUMNS
 from scripts.stack import missing_plugins
 from tests.e2e.conftest import StackFactory, assert_not_in_state, clean_up_stack, pulumi_bin_dir
-from tests.support.local_postgres import free_port
 
 pytestmark = pytest.mark.e2e
 

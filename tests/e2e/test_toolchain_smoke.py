@@ -10,9 +10,9 @@ import pulumi
 import pytest
 from pulumi import automation as auto
 
+from devsupport.local_postgres import free_port
+from devsupport.smoke_provider import Marker
 from tests.e2e.conftest import assert_not_in_state
-from tests.support.local_postgres import free_port
-from tests.support.smoke_provider import Marker
 
 pytestmark = pytest.mark.e2e
 

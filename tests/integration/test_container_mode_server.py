@@ -18,8 +18,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from devsupport.local_postgres import free_port
 from infra.components.server import PASSWORD_FILE, healthcheck_test, server_command, server_envs
-from tests.support.local_postgres import free_port
 
 pytestmark = pytest.mark.integration
 

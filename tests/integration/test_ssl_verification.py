@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from devsupport.local_postgres import LocalPostgres
 from infra.config import DictSource, ExternalServer, load
 from infra.preflight import PreflightError, check_external_server
-from tests.support.local_postgres import LocalPostgres
 
 pytestmark = pytest.mark.integration
 

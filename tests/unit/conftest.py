@@ -1,4 +1,4 @@
-"""Unit tests never reach a Docker engine: the program's container-host preflight is recorded instead."""
+"""Unit tests never reach a Docker engine or an external server: the program's preflights are recorded instead."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from typing import Any
 import pytest
 
 import infra.components.server
+import infra.preflight
+from devsupport.program_mocks import FakePreflight
+from infra.preflight import ServerFacts
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -25,3 +28,11 @@ def container_host_preflight() -> Iterator[list[dict[str, Any]]]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(infra.components.server, "check_container_host", record)
         yield calls
+
+
+@pytest.fixture
+def preflight(monkeypatch: pytest.MonkeyPatch) -> FakePreflight:
+    """infra.preflight.check_external_server connects to the server: never for real here."""
+    fake = FakePreflight(ServerFacts(version="16.2", cron_database="cron_db"))
+    monkeypatch.setattr(infra.preflight, "check_external_server", fake)
+    return fake

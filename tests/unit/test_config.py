@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 
 from infra.config import (
-    CleanupJob,
+    CleanupJobSettings,
     ConfigError,
     ContainerServer,
     ExternalServer,
-    Migrations,
+    MigrationSettings,
     RoleNames,
     StackConfig,
     load,
@@ -56,8 +56,8 @@ def test_defaults() -> None:
             image="customer-insights/postgres-cron:15", host_port=55432, bind_address="127.0.0.1",
             superuser="postgres",
         ),
-        migrations=Migrations(directory="sql", accept_checksums=frozenset(), keep_data_on_destroy=False),
-        cleanup_job=CleanupJob(
+        migrations=MigrationSettings(directory="sql", accept_checksums=frozenset(), keep_data_on_destroy=False),
+        cleanup_job=CleanupJobSettings(
             name="customer_insights-delete-expired-refresh-tokens", schedule="*/15 * * * *", enabled=True,
             batch_size=5000,
         ),
@@ -79,8 +79,8 @@ def test_explicit_values_are_used() -> None:
     assert cfg.roles.all() == ("cit_owner", "cit_app", "cit_readonly", "cit_token_cleanup")
     assert cfg.password_length == 40
     assert cfg.server == ContainerServer("registry.local/pg:15", 6000, "127.0.0.2", "postgres")
-    assert cfg.cleanup_job == CleanupJob("tokens", "0 3 * * *", False, 250)
-    assert cfg.migrations == Migrations("db/sql", frozenset({"003", "0010"}), True)
+    assert cfg.cleanup_job == CleanupJobSettings("tokens", "0 3 * * *", False, 250)
+    assert cfg.migrations == MigrationSettings("db/sql", frozenset({"003", "0010"}), True)
 
 
 def test_cleanup_job_name_defaults_to_the_database_name() -> None:

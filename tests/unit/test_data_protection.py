@@ -7,22 +7,19 @@ from typing import Any
 
 import pytest
 
-from infra.config import ConfigError, DictSource, load
-from tests.unit.test_program_graph import (  # noqa: F401  (fixtures used by name)
+from devsupport.program_mocks import (
     CONTAINER,
-    CONTAINER_CONFIG,
     DATA_PROTECTION_COMPONENT,
     DATABASE,
-    EXTERNAL_CONFIG,
     MIGRATION,
     MIGRATIONS_COMPONENT,
     RANDOM_PASSWORD,
     ROLE,
     VOLUME,
     ProgramHarness,
-    _repo_on_sys_path,
-    preflight,
 )
+from infra.config import ConfigError, DictSource, load
+from tests.unit.test_program_graph import CONTAINER_CONFIG, EXTERNAL_CONFIG
 
 pytestmark = pytest.mark.unit
 NAMESPACE = "customer-insights-db"
@@ -71,7 +68,7 @@ def test_unprotected_stack_protects_nothing() -> None:
     assert len(result.of_type(DATA_PROTECTION_COMPONENT)) == 1  # kept: flipping the flag changes no resource
 
 
-def test_external_mode_protects_the_database_and_migrations(preflight) -> None:  # noqa: F811
+def test_external_mode_protects_the_database_and_migrations(preflight) -> None:
     result = run(EXTERNAL_CONFIG, secret_keys=("externalAdminPassword",))
     assert {r.type for r in result.resources if r.protect} == DATA_HOLDERS - {VOLUME} | {DATA_PROTECTION_COMPONENT}
 

@@ -15,6 +15,7 @@ import pulumi
 import pytest
 from pulumi.runtime.settings import SETTINGS
 
+from infra.connection import Connection
 from infra.dynamic.base import stop_waiting_on_property_outputs
 from infra.dynamic.migration import Migration
 from infra.migrate import MigrationFile, checksum_of
@@ -43,7 +44,7 @@ def test_migration_properties_are_not_waited_on_but_still_resolve() -> pulumi.Ou
         "001_t",
         migration=MigrationFile(version="001", name="t", filename="001_t.sql", up_sql=UP, down_sql=None,
                                 checksum=checksum_of(UP), transactional=True),
-        connection={"host": "127.0.0.1", "port": 5432, "dbname": "d", "user": "u", "password": "pw-0123456789"},
+        connection=Connection(host="127.0.0.1", port=5432, database="d", user="u", password="pw-0123456789"),
         accept_checksum=False,
         keep_on_destroy=False,
     )

@@ -112,7 +112,7 @@ def test_verdicts() -> None:
 
 
 def test_workflows_pin_the_cli_of_versions_env_and_find_the_comment_by_its_marker() -> None:
-    from scripts.stack import toolchain_pins
+    from devsupport.versions import toolchain_pins
 
     cli = toolchain_pins()["PULUMI_CLI_VERSION"]
     for name in ("pulumi-preview.yml", "pulumi-up.yml"):

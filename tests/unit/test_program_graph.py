@@ -1,57 +1,56 @@
-"""The real `__main__.py` under Pulumi's mocks: the resources it declares, how they are wired, its exports.
-
-How the program is run (`ProgramHarness.run`):
-
-* `pulumi.runtime.set_mocks` with `ProgramMocks` (Pulumi's documented unit-test approach: `new_resource`
-  returns `[name + "_id", inputs]` plus the computed outputs the program reads) and a `RecordingMonitor`,
-  a `MockMonitor` subclass passed through set_mocks' `monitor=` argument. `MockResourceArgs` has no
-  parent, no `depends_on` and no resource options, so the monitor records each `RegisterResource`
-  request as the engine receives it: URN, parent URN, provider reference, `dependencies` (explicit
-  `depends_on` plus the resources the inputs come from), per-property dependencies,
-  `additional_secret_outputs`, and the inputs in wire form (secrets still wrapped, so which inputs are
-  secret can be asserted). Like the engine, and unlike `MockMonitor`, it returns the outputs named in
-  `additional_secret_outputs` as secrets (e.g. RandomPassword `result`).
-* The program runs in `pulumi.runtime.run_in_stack`, the way the Python language host and the
-  Automation API run `__main__.py`: it creates the root Stack, runs the program, waits for every
-  outstanding registration, and registers the exports as the Stack's outputs. Exports are captured
-  from that `RegisterResourceOutputs` call for the Stack's URN: exactly what `pulumi up` would store,
-  secret outputs still wrapped as secrets. This follows the engine's path instead of reading the SDK's
-  Stack object, and it needs nothing from the program. As a second, independent check, each
-  `pulumi.export` value is asked `await Output.is_secret()` at the end of the program (from the
-  Stack's `outputs`).
-* set_mocks registers a finished root Stack of its own; `run` lets it settle and clears the root
-  (what `pulumi.runtime.reset_options` does) so that run_in_stack can create the program's.
-* Config comes from `pulumi.runtime.set_all_config` (keys `customer-insights-db:<key>`, secret keys
-  listed), as the engine passes it.
-"""
+"""The real `__main__.py` under Pulumi's mocks (`devsupport.program_mocks`): the resources it declares,
+how they are wired, its exports."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import glob
 import itertools
-import runpy
-import threading
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dill
-import pulumi
 import pytest
-from pulumi.runtime import rpc, settings
-from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs
-from pulumi.runtime.proto import resource_pb2
-from pulumi.runtime.stack import Stack, wait_for_rpcs
+from pulumi.runtime import rpc
 
-import infra.preflight
+from devsupport.program_mocks import (
+    CONTAINER,
+    CRON_JOB,
+    CRON_JOB_ID,
+    DATA_PROTECTION_COMPONENT,
+    DATABASE,
+    DB_COMPONENT,
+    DEFAULT_PRIVILEGES,
+    EXTENSION,
+    GRANT,
+    IMAGE_ID,
+    JOB_COMPONENT,
+    MIGRATION,
+    MIGRATIONS_COMPONENT,
+    NETWORK,
+    PG_PROVIDER,
+    PROJECT,
+    RANDOM_PASSWORD,
+    REMOTE_IMAGE,
+    REPO,
+    ROLE,
+    SERVER_COMPONENT,
+    TABLE_PRIVILEGES_COMPONENT,
+    VOLUME,
+    FakePreflight,
+    ProgramHarness,
+    ProgramRun,
+    Registration,
+    contains_secret,
+    password_of,
+    plain_strings,
+    reveal,
+)
 from infra.config import ConfigError
 from infra.dynamic.cron_job import CronJobProvider
 from infra.dynamic.migration import MigrationProvider
 from infra.migrate import load_migrations
-from infra.preflight import PreflightError, ServerFacts
+from infra.preflight import PreflightError
 
 pytestmark = [
     pytest.mark.unit,
@@ -59,292 +58,8 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:postgresql.DefaultPrivileg has been deprecated:DeprecationWarning"),
 ]
 
-REPO = Path(__file__).resolve().parents[2]
-PROGRAM = REPO / "__main__.py"
-PROJECT = "customer-insights-db"
-STACK = "unit"
-
-STACK_TYPE = "pulumi:pulumi:Stack"
-SERVER_COMPONENT = "customer-insights:db:PostgresServer"
-DB_COMPONENT = "customer-insights:db:DatabaseAndRoles"
-MIGRATIONS_COMPONENT = "customer-insights:db:Migrations"
-JOB_COMPONENT = "customer-insights:db:TokenCleanupJob"
-TABLE_PRIVILEGES_COMPONENT = "customer-insights:db:TablePrivileges"
-DATA_PROTECTION_COMPONENT = "customer-insights:db:DataProtection"
-RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
-NETWORK = "docker:index/network:Network"
-VOLUME = "docker:index/volume:Volume"
-REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
-CONTAINER = "docker:index/container:Container"
-PG_PROVIDER = "pulumi:providers:postgresql"
-ROLE = "postgresql:index/role:Role"
-DATABASE = "postgresql:index/database:Database"
-GRANT = "postgresql:index/grant:Grant"
-DEFAULT_PRIVILEGES = "postgresql:index/defaultPrivileges:DefaultPrivileges"
-EXTENSION = "postgresql:index/extension:Extension"
-MIGRATION = "pulumi-python:dynamic/db:Migration"
-CRON_JOB = "pulumi-python:dynamic/db:CronJob"
-
-IMAGE_ID = "sha256:" + "ab" * 32
-CRON_JOB_ID = 42
 PASSWORD_FILE = "/etc/postgresql-secrets/superuser-password"
 DATA_DIR = "/var/lib/postgresql/data"
-
-
-def password_of(resource_name: str) -> str:
-    """What the mocked RandomPassword `resource_name` generates."""
-    return f"pw-{resource_name}-0123456789"
-
-
-# ---------------------------------------------------------------------------------------------- wire values
-
-
-def reveal(value: Any) -> Any:
-    """`value` with every secret unwrapped."""
-    if rpc.is_rpc_secret(value):
-        return reveal(rpc.unwrap_rpc_secret(value))
-    if isinstance(value, dict):
-        return {k: reveal(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [reveal(v) for v in value]
-    return value
-
-
-def plain_strings(value: Any) -> Iterator[str]:
-    """Every string of `value` that is not inside a secret."""
-    if rpc.is_rpc_secret(value):
-        return
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from plain_strings(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from plain_strings(v)
-
-
-def contains_secret(value: Any) -> bool:
-    if rpc.is_rpc_secret(value):
-        return True
-    if isinstance(value, dict):
-        return any(contains_secret(v) for v in value.values())
-    if isinstance(value, list):
-        return any(contains_secret(v) for v in value)
-    return False
-
-
-# ---------------------------------------------------------------------------------------------- harness
-
-
-@dataclass
-class Registration:
-    urn: str
-    type: str
-    name: str
-    parent: str  # URN
-    custom: bool
-    provider: str  # provider reference "<provider URN>::<id>", "" for the default provider
-    dependencies: list[str]  # URNs
-    property_dependencies: dict[str, list[str]]
-    additional_secret_outputs: list[str]
-    inputs: dict[str, Any]  # wire form: secrets wrapped
-    protect: bool = False
-
-    def __getitem__(self, key: str) -> Any:
-        return reveal(self.inputs[key])
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return reveal(self.inputs.get(key, default))
-
-    def is_secret(self, key: str) -> bool:
-        return rpc.is_rpc_secret(self.inputs.get(key))
-
-
-class ProgramMocks(pulumi.runtime.Mocks):
-    """Each resource's outputs are its inputs, plus the computed outputs the program reads."""
-
-    def __init__(self) -> None:
-        self.created: list[MockResourceArgs] = []
-        self.calls: list[MockCallArgs] = []
-        self._lock = threading.Lock()
-
-    def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict[Any, Any]]:
-        with self._lock:
-            self.created.append(args)
-        outputs = dict(args.inputs)
-        if args.typ == RANDOM_PASSWORD:
-            outputs["result"] = password_of(args.name)
-        elif args.typ == REMOTE_IMAGE:
-            outputs["imageId"] = IMAGE_ID
-        elif args.typ == CONTAINER:
-            outputs["name"] = args.inputs["name"]
-            outputs["ports"] = [{"protocol": "tcp", **port} for port in args.inputs.get("ports", [])]
-        elif args.typ == CRON_JOB:
-            outputs["job_id"] = CRON_JOB_ID
-        return f"{args.name}_id", outputs
-
-    def call(self, args: MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
-        with self._lock:
-            self.calls.append(args)
-        return {}, []
-
-
-class RecordingMonitor(MockMonitor):
-    def __init__(self, mocks: ProgramMocks) -> None:
-        super().__init__(mocks)
-        self.registrations: list[Registration] = []
-        self.stack_outputs: dict[str, Any] | None = None
-        self.thread_loops: set[asyncio.AbstractEventLoop] = set()
-        self._lock = threading.Lock()
-
-    def RegisterResource(self, request: Any) -> Any:
-        response = super().RegisterResource(request)
-        if request.type == STACK_TYPE:
-            return response
-        with self._lock:
-            # MockMonitor gives each executor thread an event loop that nobody closes: closed after the run
-            self.thread_loops.add(asyncio.get_event_loop())
-        response = self._engine_secrets(request, response)
-        registration = Registration(
-            urn=response.urn,
-            type=request.type,
-            name=request.name,
-            parent=request.parent,
-            custom=request.custom,
-            provider=request.provider,
-            dependencies=list(request.dependencies),
-            property_dependencies={k: list(v.urns) for k, v in request.propertyDependencies.items()},
-            additional_secret_outputs=list(request.additionalSecretOutputs),
-            inputs=rpc.deserialize_properties(request.object, keep_unknowns=True),
-            protect=bool(request.protect),
-        )
-        with self._lock:
-            self.registrations.append(registration)
-        return response
-
-    @staticmethod
-    def _engine_secrets(request: Any, response: Any) -> Any:
-        """The engine returns the outputs named in `additional_secret_outputs` as secrets."""
-        names = set(request.additionalSecretOutputs)
-        if not names:
-            return response
-        state = rpc.deserialize_properties(response.object, keep_unknowns=True)
-        for key in names & set(state):
-            state[key] = rpc.wrap_rpc_secret(state[key])
-        loop = asyncio.new_event_loop()
-        try:
-            wire = loop.run_until_complete(rpc.serialize_properties(state, {}))
-        finally:
-            loop.close()
-        return resource_pb2.RegisterResourceResponse(urn=response.urn, id=response.id, object=wire)
-
-    def RegisterResourceOutputs(self, request: Any) -> Any:
-        if f"::{STACK_TYPE}::" in request.urn:
-            with self._lock:
-                self.stack_outputs = rpc.deserialize_properties(request.outputs, keep_unknowns=True)
-        return super().RegisterResourceOutputs(request)
-
-
-@dataclass
-class ProgramRun:
-    resources: list[Registration]
-    outputs: dict[str, Any]  # the Stack's outputs as registered with the engine (secrets wrapped)
-    export_is_secret: dict[str, bool]  # `await Output.is_secret()` of each pulumi.export value
-    _by_urn: dict[str, Registration] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self._by_urn = {r.urn: r for r in self.resources}
-
-    def of_type(self, type_: str) -> list[Registration]:
-        return [r for r in self.resources if r.type == type_]
-
-    def one(self, type_: str, name: str) -> Registration:
-        found = [r for r in self.resources if r.type == type_ and r.name == name]
-        assert len(found) == 1, f"{len(found)} {type_} named {name!r}"
-        return found[0]
-
-    def by_urn(self, urn: str) -> Registration:
-        return self._by_urn[urn]
-
-    def parent_of(self, resource: Registration) -> Registration:
-        return self.by_urn(resource.parent)
-
-    def children_of(self, parent: Registration) -> list[Registration]:
-        return [r for r in self.resources if r.parent == parent.urn]
-
-    def provider_of(self, resource: Registration) -> Registration:
-        urn = resource.provider.rsplit("::", 1)[0]
-        return self.by_urn(urn)
-
-    def migrations(self) -> list[Registration]:
-        """The Migration resources, by version."""
-        return sorted((r for r in self.of_type(MIGRATION)), key=lambda r: int(r["version"]))
-
-    def cron_job(self) -> Registration:
-        jobs = self.of_type(CRON_JOB)
-        assert len(jobs) == 1
-        return jobs[0]
-
-    def output(self, name: str) -> Any:
-        return reveal(self.outputs[name])
-
-
-class ProgramHarness:
-    """Runs `__main__.py` under mocks; what was registered stays readable when the program fails."""
-
-    def __init__(self) -> None:
-        self.mocks = ProgramMocks()
-        self.monitor = RecordingMonitor(self.mocks)
-        self.export_is_secret: dict[str, bool] = {}
-
-    async def _program(self) -> None:
-        runpy.run_path(str(PROGRAM), run_name="__main__")
-        stack = pulumi.runtime.get_root_resource()
-        assert isinstance(stack, Stack)
-        for name, value in stack.outputs.items():
-            self.export_is_secret[name] = await pulumi.Output.from_input(value).is_secret()
-
-    def run(self, config: dict[str, str], secret_keys: Iterable[str] = ()) -> ProgramRun:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            settings.SETTINGS.outputs.clear()  # as pulumi.runtime.test does
-            pulumi.runtime.set_mocks(self.mocks, project=PROJECT, stack=STACK, preview=False, monitor=self.monitor)
-            # set_mocks registers a root Stack of its own (already finished, with no outputs). Let that
-            # settle and start over with no root, so that run_in_stack creates the program's Stack
-            # (and its outputs registration is the only one recorded).
-            loop.run_until_complete(wait_for_rpcs())
-            self.monitor.stack_outputs = None
-            settings.ROOT.set(None)
-            pulumi.runtime.set_all_config(
-                {f"{PROJECT}:{key}": value for key, value in config.items()},
-                [f"{PROJECT}:{key}" for key in secret_keys],
-            )
-            loop.run_until_complete(pulumi.runtime.run_in_stack(self._program))
-        finally:
-            pending = asyncio.all_tasks(loop)
-            for task in pending:
-                task.cancel()
-            if pending:
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_default_executor())
-            loop.close()
-            for thread_loop in self.monitor.thread_loops:
-                thread_loop.close()
-            asyncio.set_event_loop(None)
-            settings.ROOT.set(None)
-            pulumi.runtime.set_all_config({})
-        assert self.monitor.stack_outputs is not None, "the program's Stack registered no outputs"
-        return ProgramRun(list(self.monitor.registrations), self.monitor.stack_outputs, dict(self.export_is_secret))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _repo_on_sys_path() -> Iterator[None]:
-    # __main__.py imports `infra`; the language host runs it with the project directory on sys.path.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(REPO))
-        yield
 
 
 def migration_files() -> list[str]:
@@ -373,7 +88,7 @@ SUPERUSER_PASSWORD = password_of("superuser-password")
 
 
 @pytest.fixture(scope="module")
-def run(_repo_on_sys_path: None) -> ProgramRun:
+def run() -> ProgramRun:
     return ProgramHarness().run(CONTAINER_CONFIG)
 
 
@@ -592,7 +307,7 @@ def test_migration_switches_come_from_the_config(run: ProgramRun) -> None:
         assert f"`{PROJECT}:allowOutOfOrder` to true" in m["fixes"]["allow_out_of_order"]
 
 
-def test_allow_out_of_order_comes_from_the_config(_repo_on_sys_path: None) -> None:
+def test_allow_out_of_order_comes_from_the_config() -> None:
     lenient = ProgramHarness().run({**CONTAINER_CONFIG, "allowOutOfOrder": "true"})
     assert lenient.migrations() and all(m["allow_out_of_order"] is True for m in lenient.migrations())
 
@@ -811,7 +526,7 @@ def test_no_password_appears_outside_a_secret(run: ProgramRun) -> None:
     assert not leaks
 
 
-def test_default_config(_repo_on_sys_path: None) -> None:
+def test_default_config() -> None:
     result = ProgramHarness().run({})
     assert int(result.output("port")) == 55432
     assert result.output("database") == "customer_insights"
@@ -826,7 +541,7 @@ def test_default_config(_repo_on_sys_path: None) -> None:
     assert not [m for m in result.migrations() if m["accept_checksum"] or m["keep_on_destroy"]]
 
 
-def test_disabled_cleanup_job_is_declared_inactive(_repo_on_sys_path: None) -> None:
+def test_disabled_cleanup_job_is_declared_inactive() -> None:
     result = ProgramHarness().run({"cleanupEnabled": "false"})
     assert result.cron_job()["active"] is False
 
@@ -842,26 +557,6 @@ EXTERNAL_CONFIG = {
     "externalAdminDatabase": "defaultdb",
     "externalSslMode": "verify-full",
 }
-
-
-class FakePreflight:
-    def __init__(self, result: ServerFacts | Exception) -> None:
-        self.result = result
-        self.calls: list[dict[str, Any]] = []
-
-    def __call__(self, **kwargs: Any) -> ServerFacts:
-        self.calls.append(kwargs)
-        if isinstance(self.result, Exception):
-            raise self.result
-        return self.result
-
-
-@pytest.fixture
-def preflight(monkeypatch: pytest.MonkeyPatch) -> FakePreflight:
-    """infra.preflight.check_external_server connects to the server: never for real here."""
-    fake = FakePreflight(ServerFacts(version="16.2", cron_database="cron_db"))
-    monkeypatch.setattr(infra.preflight, "check_external_server", fake)
-    return fake
 
 
 def test_external_mode_checks_the_configured_server_first(preflight: FakePreflight) -> None:
@@ -944,11 +639,20 @@ def test_config_error_declares_nothing(preflight: FakePreflight, config: dict[st
     assert preflight.calls == []  # not even the external server is contacted
 
 
-def test_unknown_accept_checksums_version_fails_naming_the_key(_repo_on_sys_path: None) -> None:
-    # Detected by the Migrations component, not by infra.config (see the report: by then the server
-    # and database resources are already declared).
-    with pytest.raises(ValueError, match=r"acceptChecksums: versions \['999'\] have no file in"):
-        ProgramHarness().run({"acceptChecksums": '["999"]'})
+def test_unknown_accept_checksums_version_fails_naming_the_key() -> None:
+    # The program loads and checks the migrations once, before it declares anything.
+    harness = ProgramHarness()
+    with pytest.raises(ConfigError, match=rf"{PROJECT}:acceptChecksums: versions \['999'\] have no file in"):
+        harness.run({"acceptChecksums": '["999"]'})
+    assert harness.monitor.registrations == []
+
+
+def test_a_bad_migrations_dir_fails_naming_the_key_before_anything_is_declared(tmp_path: Path) -> None:
+    (tmp_path / "1_bad.sql").write_text("SELECT 1;\n")
+    harness = ProgramHarness()
+    with pytest.raises(ConfigError, match=rf"{PROJECT}:migrationsDir: 1_bad.sql: not a valid migration file name"):
+        harness.run({"migrationsDir": str(tmp_path)})
+    assert harness.monitor.registrations == []
 
 
 # ------------------------------------------------------------------------------ least privilege, rotation (issue 9)
@@ -995,7 +699,7 @@ def test_passwords_have_no_keepers_until_a_rotation_is_asked_for(run: ProgramRun
     assert all(p.get("keepers") is None for p in role_passwords(run).values())
 
 
-def test_rotating_one_role_changes_only_that_roles_password_keepers(_repo_on_sys_path: None) -> None:
+def test_rotating_one_role_changes_only_that_roles_password_keepers() -> None:
     rotated = ProgramHarness().run({**CONTAINER_CONFIG, "passwordRotation": '{"readonly": 1}'})
     keepers = {name: p.get("keepers") for name, p in role_passwords(rotated).items()}
     assert keepers == {
@@ -1014,7 +718,7 @@ def test_rotating_one_role_changes_only_that_roles_password_keepers(_repo_on_sys
     ('{"app": -1}', "passwordRotation.app: -1 is not a whole number"),
     ('[1]', "must be an object of counters"),
 ])
-def test_bad_password_rotation_fails_naming_the_key(_repo_on_sys_path: None, value: str, message: str) -> None:
+def test_bad_password_rotation_fails_naming_the_key(value: str, message: str) -> None:
     harness = ProgramHarness()
     with pytest.raises(ConfigError, match=message):
         harness.run({**CONTAINER_CONFIG, "passwordRotation": value})

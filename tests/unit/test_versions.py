@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from devsupport.versions import VERSIONS_ENV, pulumi_bin_dir, toolchain_pins
+
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
-VERSIONS_ENV = REPO / "bootstrap" / "versions.env"
 REQUIREMENTS = REPO / "requirements.txt"
 
 # requirements.txt package -> versions.env variable
@@ -30,19 +31,6 @@ def version_tuple(text: str) -> tuple[int, ...]:
     match = re.fullmatch(r"v?(\d+(?:\.\d+)*)", text.strip())
     assert match, f"not a plain release version: {text!r}"
     return tuple(int(part) for part in match[1].split("."))
-
-
-def read_versions_env() -> dict[str, str]:
-    values: dict[str, str] = {}
-    for number, line in enumerate(VERSIONS_ENV.read_text(encoding="utf-8").splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        match = re.fullmatch(r"([A-Z][A-Z0-9_]*)=([^\s#'\"$`]+)", line)
-        assert match, f"{VERSIONS_ENV.name}:{number}: expected KEY=value (sourced by bash), got {line!r}"
-        assert match[1] not in values, f"{VERSIONS_ENV.name}:{number}: {match[1]} is set twice"
-        values[match[1]] = match[2]
-    return values
 
 
 def read_requirements() -> dict[str, str]:
@@ -63,7 +51,7 @@ def normalise(name: str) -> str:
 
 
 def test_versions_env_has_every_pin() -> None:
-    env = read_versions_env()
+    env = toolchain_pins()
     for key in ("PULUMI_CLI_VERSION", *SDK_PINS.values()):
         assert key in env, f"{VERSIONS_ENV.name} lacks {key}"
         version_tuple(env[key])
@@ -73,7 +61,7 @@ def test_versions_env_has_every_pin() -> None:
 
 @pytest.mark.parametrize(("package", "key"), sorted(SDK_PINS.items()))
 def test_requirements_pin_the_same_sdk_versions_as_versions_env(package: str, key: str) -> None:
-    env, pins = read_versions_env(), read_requirements()
+    env, pins = toolchain_pins(), read_requirements()
     assert package in pins, f"{REQUIREMENTS.name} does not pin {package}"
     assert pins[package] == env[key], (
         f"{REQUIREMENTS.name} pins {package}=={pins[package]} but {VERSIONS_ENV.name} has {key}={env[key]}: "
@@ -82,7 +70,7 @@ def test_requirements_pin_the_same_sdk_versions_as_versions_env(package: str, ke
 
 
 def test_cli_is_at_least_the_python_sdk_version() -> None:
-    env = read_versions_env()
+    env = toolchain_pins()
     cli, sdk = version_tuple(env["PULUMI_CLI_VERSION"]), version_tuple(env["PULUMI_PYTHON_SDK_VERSION"])
     assert cli >= sdk, f"Pulumi CLI {env['PULUMI_CLI_VERSION']} is older than the Python SDK {sdk}"
 
@@ -112,15 +100,11 @@ def test_installed_packages_match_the_requirements_pins() -> None:
 
 @pytest.mark.parametrize(("package", "key"), sorted(SDK_PINS.items()))
 def test_installed_sdks_match_versions_env(package: str, key: str) -> None:
-    assert version(package) == read_versions_env()[key]
+    assert version(package) == toolchain_pins()[key]
 
 
 def bootstrap_cli() -> Path:
-    """Where bootstrap/lib.sh installs the pinned CLI."""
-    cache = os.environ.get("CUSTOMER_INSIGHTS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "customer-insights-pg"
-    )
-    return Path(cache) / f"pulumi-v{read_versions_env()['PULUMI_CLI_VERSION']}" / "bin" / "pulumi"
+    return pulumi_bin_dir() / "pulumi"
 
 
 def test_bootstrapped_cli_reports_the_pinned_version() -> None:
@@ -131,4 +115,15 @@ def test_bootstrapped_cli_reports_the_pinned_version() -> None:
     result = subprocess.run(  # a fixed local binary, no shell
         [str(cli), "version"], capture_output=True, text=True, timeout=30, env=env, check=True
     )
-    assert version_tuple(result.stdout) == version_tuple(read_versions_env()["PULUMI_CLI_VERSION"])
+    assert version_tuple(result.stdout) == version_tuple(toolchain_pins()["PULUMI_CLI_VERSION"])
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ('PULUMI_CLI_VERSION="3.274.1"\n', r"versions.env:1: expected KEY=value"),
+    ("A=1\n# comment\nA=2\n", r"versions.env:3: A is set twice"),
+])
+def test_the_pins_reader_refuses_what_bash_would_read_differently(tmp_path: Path, text: str, problem: str) -> None:
+    path = tmp_path / "versions.env"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=problem):
+        toolchain_pins(path)
