@@ -58,11 +58,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from infra.components.server import DATA_DIR, PASSWORD_FILE, server_command, server_envs
 
-from infra.components.server import DATA_DIR, PASSWORD_FILE, server_command, server_envs  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 PROJECT = "customer-insights-db"
 IMAGE = "customer-insights/postgres-cron:15"
