@@ -28,6 +28,9 @@ part of the timed runs): PULUMI_DEBUG_GRPC (every gRPC call the engine makes or 
 timestamps and durations) and a timing wrapper around the dynamic-provider host's handlers. The
 gRPC log holds property values, including secrets: it is reduced to timings in memory and deleted.
 
+The program measured is a snapshot taken when a run starts: the committed HEAD (default) or, with
+`--source worktree`, the working tree as it is then.
+
 Results: bench/results/provisioner_<tag>.json (raw) and a markdown summary on stdout
 (`--summarize FILE...` prints it again). Nothing is left behind: stacks are destroyed, the hand
 baseline's container, volume and network removed, temp dirs deleted (also on Ctrl-C).
@@ -196,6 +199,11 @@ def breakdown(grpc: Iterable[dict[str, Any]], probe: Iterable[dict[str, Any]], s
         out["until_first_plugin_call_s"] = round(first_call - started, 3)
     if sdk:
         out["registrations"] = len(sdk)
+        # The registrations that kept the program waiting longest (engine step included).
+        out["slowest_registrations_ms"] = {
+            k.split("::", 1)[-1] + f" ({k.split('::', 1)[0].rsplit(':', 1)[-1]})": round((e - s_) * 1000, 1)
+            for s_, e, k in sorted(sdk, key=lambda x: x[0] - x[1])[:8]
+        }
         out["until_first_registration_s"] = round(sdk[0][0] - started, 3)
         out["after_last_registration_s"] = round(ended - max(e for _, e, _ in sdk), 3)
     if chain:
@@ -372,19 +380,27 @@ class Server:
 
 
 class Project:
-    """A temp project dir whose program is this repository's (`__main__.py` and `infra/` symlinked),
-    with its own file backend, stack config and a writable copy of sql/."""
+    """A temp project dir holding a snapshot of this repository's program (`__main__.py`, `infra/`,
+    `sql/`: committed HEAD or the working tree), its own file backend and stack config, and a
+    writable copy of sql/ that `migrationsDir` points at."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, source: str) -> None:
         self.root = root
         self.dir = root / "project"
         self.backend = root / "state"
         self.sql = root / "sql"
         self.dir.mkdir()
         self.backend.mkdir()
-        shutil.copytree(REPO / "sql", self.sql)
-        (self.dir / "__main__.py").symlink_to(REPO / "__main__.py")
-        (self.dir / "infra").symlink_to(REPO / "infra")
+        # A snapshot of the program: other people edit the shared working tree while this runs.
+        if source == "head":
+            archive = subprocess.run(["git", "-C", str(REPO), "archive", "HEAD", "__main__.py", "infra", "sql"],
+                                     capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(self.dir)], input=archive, check=True)
+        else:
+            shutil.copy(REPO / "__main__.py", self.dir)
+            for sub in ("infra", "sql"):
+                shutil.copytree(REPO / sub, self.dir / sub, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(self.dir / "sql", self.sql)
         (self.dir / "Pulumi.yaml").write_text(
             f"name: {PROJECT}\nruntime:\n  name: python\n  options:\n    toolchain: pip\n"
             f"    virtualenv: {REPO / '.venv'}\n"
@@ -400,7 +416,8 @@ class Project:
             "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE,
             "PULUMI_SKIP_UPDATE_CHECK": "true",
             "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            # The dynamic-provider host unpickles the providers' classes from the snapshot's infra/.
+            "PYTHONPATH": str(self.dir),
         })
         env.pop("PULUMI_DEBUG_GRPC", None)
         env.update(extra or {})
@@ -433,7 +450,7 @@ class Stack:
         values = {
             "mode": "container", "databaseName": DATABASE, "rolePrefix": ROLE_PREFIX, "hostPort": str(self.port),
             "migrationsDir": str(self.project.sql), "cleanupSchedule": CLEANUP_SCHEDULE,
-            "keepDataOnDestroy": "false",
+            "keepDataOnDestroy": "false", "protectData": "false",
         }
         self.cli("config", "set-all", *[a for k, v in values.items() for a in ("--plaintext", f"{PROJECT}:{k}={v}")])
 
@@ -566,14 +583,21 @@ def noop_set(stack: Stack, n: int, results: dict[str, Any]) -> None:
     record(results, stack.timed(f"noop_up_skip_preview_{n}", "up", "--yes", "--skip-preview", "--expect-no-changes"))
 
 
-def one_run(index: int, counts: Sequence[int], workroot: Path) -> dict[str, Any]:
+def snapshot_sql(workroot: Path) -> Path:
+    target = Path(tempfile.mkdtemp(prefix="sql-", dir=workroot))
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "HEAD", "sql"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target / "sql"
+
+
+def one_run(index: int, counts: Sequence[int], workroot: Path, source: str) -> dict[str, Any]:
     results: dict[str, Any] = {}
     log(f"run {index}: hand baseline")
-    hand = hand_baseline(REPO / "sql", workroot)
+    hand = hand_baseline(REPO / "sql" if source == "worktree" else snapshot_sql(workroot), workroot)
     results["hand"] = {"seconds": round(hand["seconds"], 3), "marks": hand["marks"]}
     log(f"  hand                         {hand['seconds']:7.2f} s  {hand['marks']}")
 
-    project = Project(Path(tempfile.mkdtemp(prefix="proj-", dir=workroot)))
+    project = Project(Path(tempfile.mkdtemp(prefix="proj-", dir=workroot)), source)
     stack = Stack(project, f"bench-{uuid.uuid4().hex[:8]}", free_port())
     try:
         stack.init()
@@ -637,15 +661,33 @@ def read_jsonl(paths: Iterable[Path]) -> list[dict[str, Any]]:
     return entries
 
 
-def profile_pass(counts: Sequence[int], workroot: Path) -> dict[str, Any]:
-    """No-change preview and up at the smallest and largest count, with gRPC and host timings."""
+def probed(stack: Stack, label: str, args: Sequence[str], out: dict[str, Any]) -> None:
+    """Runs one command with PULUMI_DEBUG_GRPC and the probe; keeps only the timings."""
+    root = stack.project.root
+    grpc_log = root / f"{label}.grpc.jsonl"
+    probe_log = root / f"{label}.probe.jsonl"
+    env = {"PULUMI_DEBUG_GRPC": str(grpc_log), "BENCH_PROBE_LOG": str(probe_log),
+           "PYTHONPATH": os.pathsep.join([str(stack.project.probe_dir), str(stack.project.dir)])}
+    try:
+        _, started, ended = stack.cli(*args, extra_env=env)
+        out[label] = breakdown(read_jsonl([grpc_log]), read_jsonl(root.glob(f"{probe_log.name}.*")), started, ended)
+    finally:
+        # The gRPC log holds property values, secrets included: only timings are kept.
+        for f in [grpc_log, *root.glob(f"{probe_log.name}.*")]:
+            f.unlink(missing_ok=True)
+    log(f"  profile {label}: {out[label]['wall_s']} s, chain {json.dumps(out[label].get('dynamic_chain'))}")
+
+
+def profile_pass(counts: Sequence[int], workroot: Path, source: str) -> dict[str, Any]:
+    """Cold up, no-change preview and up at the smallest and largest count, and one more file on top,
+    with gRPC and host timings."""
     out: dict[str, Any] = {}
-    project = Project(Path(tempfile.mkdtemp(prefix="prof-", dir=workroot)))
+    project = Project(Path(tempfile.mkdtemp(prefix="prof-", dir=workroot)), source)
     stack = Stack(project, f"bench-{uuid.uuid4().hex[:8]}", free_port())
     try:
         stack.init()
         base = project.migrations()
-        stack.cli("up", "--yes", "--skip-preview")
+        probed(stack, "cold_up", ("up", "--yes", "--skip-preview"), out)
         for n in (base, max(counts)):
             if n > project.migrations():
                 write_generated(project.sql, project.migrations() + 1, n)
@@ -653,17 +695,10 @@ def profile_pass(counts: Sequence[int], workroot: Path) -> dict[str, Any]:
             for label, args in ((f"noop_preview_{n}", ("preview", "--expect-no-changes")),
                                 (f"noop_up_skip_preview_{n}", ("up", "--yes", "--skip-preview",
                                                                "--expect-no-changes"))):
-                grpc_log = project.root / f"{label}.grpc.jsonl"
-                probe_log = project.root / f"{label}.probe.jsonl"
-                env = {"PULUMI_DEBUG_GRPC": str(grpc_log), "BENCH_PROBE_LOG": str(probe_log),
-                       "PYTHONPATH": os.pathsep.join([str(project.probe_dir), str(REPO)])}
-                _, started, ended = stack.cli(*args, extra_env=env)
-                out[label] = breakdown(read_jsonl([grpc_log]), read_jsonl(project.root.glob(f"{probe_log.name}.*")),
-                                       started, ended)
-                # The gRPC log holds property values, secrets included: only timings are kept.
-                for f in [grpc_log, *project.root.glob(f"{probe_log.name}.*")]:
-                    f.unlink(missing_ok=True)
-                log(f"  profile {label}: {out[label]['wall_s']} s, chain {json.dumps(out[label].get('dynamic_chain'))}")
+                probed(stack, label, args, out)
+        top = project.migrations()
+        write_generated(project.sql, top + 1, top + 1)
+        probed(stack, f"up_one_more_{top}", ("up", "--yes", "--skip-preview"), out)
     finally:
         stack.destroy_everything()
         shutil.rmtree(project.root, ignore_errors=True)
@@ -674,8 +709,24 @@ def profile_pass(counts: Sequence[int], workroot: Path) -> dict[str, Any]:
 # summary
 
 
+def profile_markdown(profile: dict[str, Any]) -> str:
+    cols = ["per_resource_ms", "register_round_trip_median_ms", "engine_check_median_ms", "engine_diff_median_ms",
+            "host_check_median_ms", "host_diff_median_ms", "engine_rest_median_ms", "program_gap_median_ms"]
+    lines = ["| instrumented command | wall s | until 1st registration s | after last s | chain resources | "
+             + " | ".join(c.removesuffix("_ms").replace("_median", "") + " ms" for c in cols) + " |",
+             "|---|" + "---:|" * (4 + len(cols))]
+    for label, p in profile.items():
+        chain = p.get("dynamic_chain") or {}
+        lines.append(f"| {label} | {p['wall_s']:.2f} | {p.get('until_first_registration_s', '—')} | "
+                     f"{p.get('after_last_registration_s', '—')} | {chain.get('resources', '—')} | "
+                     + " | ".join(str(chain.get(c, "—")) for c in cols) + " |")
+    return "\n".join(lines)
+
+
 def markdown(doc: dict[str, Any]) -> str:
     runs = doc["runs"]
+    if not runs:
+        return profile_markdown(doc.get("profile", {}))
     keys: list[str] = []
     for r in runs:
         keys += [k for k in r if k not in keys and k != "ratios"]
@@ -695,6 +746,8 @@ def markdown(doc: dict[str, Any]) -> str:
         good = [v for v in vals if v is not None]
         lines.append(f"| {k} | " + " | ".join(f"{v:.2f}" if v is not None else "—" for v in vals)
                      + (f" | {statistics.median(good):.2f} |" if good else " | — |"))
+    if doc.get("profile"):
+        lines += ["", profile_markdown(doc["profile"])]
     return "\n".join(lines)
 
 
@@ -705,6 +758,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="migration counts for the no-change measurements (default 8,70,300)")
     parser.add_argument("--pause", type=float, default=20.0, help="seconds between runs (the machine is shared)")
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--source", choices=["head", "worktree"], default="head",
+                        help="program to measure: the committed HEAD (default; the shared tree changes while this "
+                             "runs) or the working tree as it is at the start")
     parser.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"))
     parser.add_argument("--summarize", nargs="+", metavar="JSON", help="print the summary of result files")
     args = parser.parse_args(argv)
@@ -721,18 +777,19 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "pulumi": sh(["pulumi", "version"]).stdout.strip(),
                     "load_avg_at_start": os.getloadavg()},
-        "counts": counts, "runs": [],
+        "counts": counts, "runs": [], "source": args.source,
+        "commit": sh(["git", "-C", str(REPO), "rev-parse", "HEAD"]).stdout.strip(),
     }
     workroot = Path(tempfile.mkdtemp(prefix="provisioner-bench-"))
     try:
         for i in range(args.runs):
             if i:
                 time.sleep(args.pause)
-            doc["runs"].append(one_run(i + 1, counts, workroot))
+            doc["runs"].append(one_run(i + 1, counts, workroot, args.source))
             out_path.write_text(json.dumps(doc, indent=1))
         if args.profile:
             log("instrumented pass")
-            doc["profile"] = profile_pass(counts, workroot)
+            doc["profile"] = profile_pass(counts, workroot, args.source)
         doc["machine"]["load_avg_at_end"] = os.getloadavg()
         out_path.write_text(json.dumps(doc, indent=1))
     finally:
