@@ -18,7 +18,9 @@ import pulumi
 import pytest
 from psycopg import sql
 
+from devsupport.grants import grant_statement
 from devsupport.local_postgres import ServerAddress
+from infra import token_cleanup
 from infra.connection import Connection
 from infra.dynamic.cron_job import CronJob
 from infra.migrate import Migrator, load_migrations
@@ -45,13 +47,11 @@ def app_database(pg_server: ServerAddress) -> Iterator[dict[str, Any]]:
     role = sql.Identifier(cleanup_role)
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
-        # What TokenCleanupJob grants (pulumi-postgresql Grant resources) and nothing more.
+        # What the program grants the cleanup role (pulumi-postgresql Grant resources) and nothing more.
         conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(CRON_DATABASE), role))
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(role))
-        conn.execute(sql.SQL("GRANT DELETE ON refresh_tokens TO {}").format(role))
-        conn.execute(sql.SQL("GRANT SELECT (id, expires_at) ON refresh_tokens TO {}").format(role))
-        conn.execute(sql.SQL("GRANT INSERT ON refresh_token_cleanup_runs TO {}").format(role))
-        conn.execute(sql.SQL("GRANT EXECUTE ON PROCEDURE delete_expired_refresh_tokens TO {}").format(role))
+        for grant in token_cleanup.GRANTS:
+            conn.execute(grant_statement(grant, cleanup_role))
     yield {"admin_dsn": admin_dsn, "run_as": cleanup_role, "admin": pg_server}
     with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(CRON_DATABASE)))
@@ -68,7 +68,7 @@ def job_program(app: dict[str, Any], schedule: str, job_name: str):
                                   password=admin.password, sslmode="disable"),
             job_name=job_name,
             schedule=schedule,
-            command="CALL delete_expired_refresh_tokens(batch_size => 1000)",
+            command=token_cleanup.command(1000),
             database=CRON_DATABASE,
             run_as=app["run_as"],
             active=True,

@@ -17,6 +17,8 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
+from devsupport.grants import grant_statement
+from infra import token_cleanup
 from infra.migrate import Migrator, load_migrations
 
 pytestmark = pytest.mark.integration
@@ -265,13 +267,9 @@ def cleanup_role(conn: psycopg.Connection, fresh_db: str) -> Iterator[Role]:
     password = uuid.uuid4().hex
     role = sql.Identifier(name)
     conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(password)))
-    for grant in (
-        "GRANT USAGE ON SCHEMA public TO {}",
-        "GRANT SELECT (id, expires_at), DELETE ON refresh_tokens TO {}",
-        "GRANT INSERT ON refresh_token_cleanup_runs TO {}",
-        "GRANT EXECUTE ON PROCEDURE delete_expired_refresh_tokens(integer, timestamptz, bigint, integer) TO {}",
-    ):
-        conn.execute(sql.SQL(grant).format(role))  # type: ignore[arg-type]
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(role))
+    for grant in token_cleanup.GRANTS:  # exactly what the program grants the job's role
+        conn.execute(grant_statement(grant, name))
     try:
         yield Role(name, psycopg.conninfo.make_conninfo(fresh_db, user=name, password=password))
     finally:
