@@ -4,9 +4,7 @@ the docker, postgresql and random plugins the bootstrap builds (a missing plugin
 from __future__ import annotations
 
 import os
-import runpy
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,18 +15,13 @@ from pulumi import automation as auto
 
 from devsupport.local_postgres import LocalPostgres, ServerAddress, free_port
 from scripts.preview_pictures import graph_dot
+from scripts.stack import program
 from tests.e2e.conftest import assert_not_in_state, clean_up_stack, docker_leftovers
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = "customer-insights-db"
-
-
-def program() -> None:
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    runpy.run_path(str(REPO / "__main__.py"), run_name="__main__")
 
 
 def stack_of(new_stack, config: dict[str, Any]) -> auto.Stack:

@@ -176,8 +176,6 @@ def test_preview_reviews_the_pending_migration_only_and_refuses_an_edit_with_its
 
 
 PROGRAM = """\
-import sys
-sys.path.insert(0, {repo!r})
 import pulumi
 from infra.components.migrations import Migrations, MigrationsArgs
 from infra.connection import Connection
@@ -205,7 +203,7 @@ def test_pr_comment_from_a_real_preview_json_that_adds_a_migration(
     project = tmp_path / "project"
     project.mkdir()
     (project / "Pulumi.yaml").write_text("name: preview-comment-e2e\nruntime: python\n")
-    (project / "__main__.py").write_text(PROGRAM.format(repo=str(REPO)))
+    (project / "__main__.py").write_text(PROGRAM)
     env = {**os.environ, **workspace_env(f"file://{new_stack.backend}"), "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE}
     stack = auto.create_stack(f"t{uuid.uuid4().hex[:10]}", work_dir=str(project), opts=auto.LocalWorkspaceOptions(
         env_vars=env, pulumi_command=new_stack.cli))

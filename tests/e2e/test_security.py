@@ -32,7 +32,7 @@ from pulumi import automation as auto
 
 from devsupport.local_postgres import free_port
 from infra.components.database import SECRET_COLUMNS
-from scripts.stack import missing_plugins
+from scripts.stack import missing_plugins, program
 from tests.e2e.conftest import StackFactory, assert_not_in_state, clean_up_stack, pulumi_bin_dir
 
 pytestmark = pytest.mark.e2e
@@ -45,14 +45,6 @@ PASSWORD_FILE = "/etc/postgresql-secrets/superuser-password"
 PURPOSES = ("owner", "app", "readonly", "cleanup")
 RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
 ROLE = "postgresql:index/role:Role"
-
-
-def program() -> None:
-    import runpy
-
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    runpy.run_path(str(REPO / "__main__.py"), run_name="__main__")
 
 
 # Runs the old program on the same stack: its own interpreter, so its `infra` package is the old one.
