@@ -60,6 +60,7 @@ else:
             image=cfg.server.image, host_port=cfg.server.host_port, bind_address=cfg.server.bind_address,
             superuser=cfg.server.superuser, superuser_password=superuser_password.result,
             cron_database=cfg.database, protect_data=cfg.protect_data,
+            keep_data_on_destroy=cfg.migrations.keep_data_on_destroy,
         ),
     )
     server_resources = [superuser_password, server]
@@ -73,7 +74,7 @@ db = DatabaseAndRoles(
     "app-db",
     DatabaseAndRolesArgs(admin=admin, admin_is_superuser=admin_is_superuser, database=cfg.database,
                          roles=cfg.roles, password_length=cfg.password_length, privileges=privileges,
-                         protect_data=cfg.protect_data,
+                         protect_data=cfg.protect_data, keep_data_on_destroy=cfg.migrations.keep_data_on_destroy,
                          password_keepers={purpose: cfg.rotation_keepers(purpose) for purpose in PURPOSES}),
 )
 

@@ -47,6 +47,10 @@ class DatabaseAndRolesArgs:
     # RandomPassword keepers per role purpose (config passwordRotation): a change makes a new password.
     password_keepers: Mapping[str, Mapping[str, str] | None] = field(default_factory=dict)
     protect_data: bool = False  # config protectData: Pulumi `protect` on the database (issue 10)
+    # config keepDataOnDestroy: destroy forgets the database and its roles instead of dropping them.
+    keep_data_on_destroy: bool = False
+    # Created before the admin provider, so nothing reaches the server before them (the stack's claim).
+    after: Sequence[pulumi.Resource] = ()
 
 
 class DatabaseAndRoles(pulumi.ComponentResource):
@@ -72,7 +76,7 @@ class DatabaseAndRoles(pulumi.ComponentResource):
             sslmode=args.admin.sslmode,
             superuser=args.admin_is_superuser,
             connect_timeout=30,
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.after)),
         )
         on_server = pulumi.ResourceOptions(parent=self, provider=self.provider)
 
@@ -105,7 +109,10 @@ class DatabaseAndRoles(pulumi.ComponentResource):
                 replication=False,
                 bypass_row_level_security=False,
                 inherit=True,
-                opts=on_server,
+                # A kept database's tables are owned by the owner and carry the others' privileges
+                # (default privileges): PostgreSQL refuses to drop a role while they exist.
+                opts=pulumi.ResourceOptions.merge(on_server, pulumi.ResourceOptions(
+                    retain_on_delete=args.keep_data_on_destroy)),
             )
             self._logins[purpose] = (role_name, password.result)
 
@@ -118,7 +125,8 @@ class DatabaseAndRoles(pulumi.ComponentResource):
             lc_ctype="C.UTF-8",
             template="template0",
             connection_limit=-1,
-            opts=pulumi.ResourceOptions.merge(on_server, pulumi.ResourceOptions(protect=args.protect_data)),
+            opts=pulumi.ResourceOptions.merge(on_server, pulumi.ResourceOptions(
+                protect=args.protect_data, retain_on_delete=args.keep_data_on_destroy)),
         )
         in_database = pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[self.database])
 

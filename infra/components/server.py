@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_docker as docker
 
+from infra.dynamic.data_volume import DataVolumeCheck
 from infra.preflight import PreflightError
 
 DATA_DIR = "/var/lib/postgresql/data"
@@ -60,6 +61,8 @@ class PostgresServerArgs:
     cron_database: str  # pg_cron keeps its jobs in one database: the application's
     # Pulumi `protect` on the data volume: destroy, or a change that would replace it, stops.
     protect_data: bool = True
+    # config keepDataOnDestroy: destroy forgets the volume instead of deleting it.
+    keep_data_on_destroy: bool = False
 
 
 class PostgresServer(pulumi.ComponentResource):
@@ -88,7 +91,8 @@ class PostgresServer(pulumi.ComponentResource):
             f"{name}-data",
             name=f"{name}-{stack}-data",
             labels=[docker.VolumeLabelArgs(label=lab.label, value=lab.value) for lab in labels],
-            opts=pulumi.ResourceOptions(parent=self, protect=args.protect_data),
+            opts=pulumi.ResourceOptions(parent=self, protect=args.protect_data,
+                                        retain_on_delete=args.keep_data_on_destroy),
         )
         # The image is built locally by the bootstrap (or pulled by users with a registry); keep it
         # on destroy, it is shared by every stack on this machine.
@@ -116,6 +120,12 @@ class PostgresServer(pulumi.ComponentResource):
             restart="unless-stopped",
             labels=labels,
             opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["uploads"]),
+        )
+
+        # A volume removed outside Pulumi: preview and up stop, naming the recovery (see DataVolumeCheck).
+        DataVolumeCheck(
+            f"{name}-data-check", volume=volume.name, volume_urn=volume.urn, container_urn=self.container.urn,
+            protected=args.protect_data, docker_host=pulumi.Config("docker").get("host"), opts=child,
         )
 
         # Clients reach a server published on all interfaces through loopback.

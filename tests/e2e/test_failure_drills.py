@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -28,6 +30,7 @@ from psycopg import sql
 from pulumi import automation as auto
 
 from devsupport.local_postgres import LocalPostgres, ServerAddress, free_port
+from devsupport.versions import pulumi_bin_dir
 from infra.migrate import load_migrations
 from infra.preflight import CONNECT_TIMEOUT
 from tests.e2e.conftest import assert_not_in_state
@@ -625,3 +628,121 @@ def test_dev_stack_tears_down_completely(new_stack, drill_server, pulumi_cli):
                             (config["databaseName"],)).fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM pg_roles WHERE rolname LIKE %s",
                             (config["rolePrefix"] + "%",)).fetchone() == (0,)
+
+
+# ---------------------------------------------------------------------------------------------- the server lost
+
+
+def pulumi_cli_run(stack: auto.Stack, args: list[str]) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user runs it in the project, on `stack` (the recoveries the messages name)."""
+    return subprocess.run([str(pulumi_bin_dir() / "pulumi"), *args, "--stack", stack.name, "--non-interactive"],
+                          cwd=stack.workspace.work_dir, env={**os.environ, **stack.workspace.env_vars},
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def named_recovery(message: str) -> list[str]:
+    """The `pulumi state delete ...` command the message names, as arguments after `pulumi`."""
+    found = re.search(r"`pulumi (state delete '[^']+' --target-dependents[^`]*)`", message)
+    assert found, message[-3000:]
+    return shlex.split(found.group(1))
+
+
+def lose_the_server(container: str) -> None:
+    """What the user did: `docker rm -f postgres-<stack>` and `docker volume rm postgres-<stack>-data`."""
+    docker("rm", "-f", container)
+    docker("volume", "rm", f"{container}-data")
+
+
+def up_stops_on_the_lost_volume(stack: auto.Stack, container: str, *fragments: str) -> str:
+    """preview, up and refresh's preview fail naming the loss; nothing is created, the state is unchanged."""
+    before = sorted(resource_types(stack))
+    with pytest.raises(auto.errors.CommandError) as failure:
+        stack.preview(color="never")
+    message = str(failure.value)
+    for fragment in (f"The data volume {container}-data of this stack is gone", "Nothing was changed", *fragments):
+        assert fragment in message, message[-3000:]
+    assert "Traceback" not in message
+    with pytest.raises(auto.errors.CommandError) as failure:
+        stack.up(color="never")
+    assert f"The data volume {container}-data of this stack is gone" in str(failure.value)
+    with pytest.raises(auto.errors.CommandError) as failure:
+        stack.preview_refresh(color="never")  # what `pulumi refresh` shows before it would change anything
+    assert f"The data volume {container}-data of this stack is gone" in str(failure.value)
+    assert docker("ps", "-aq", "--filter", f"name=^{container}$").strip() == ""
+    assert docker("volume", "ls", "-q", "--filter", f"name=^{container}-data$").strip() == ""
+    assert sorted(resource_types(stack)) == before
+    return message
+
+
+def test_data_volume_removed_between_runs_stops_up_and_the_named_recovery_converges(new_stack):
+    stack = container_stack(new_stack, hostPort=free_port())  # protectData: true (not the dev stack)
+    container = f"postgres-{stack.name}"
+    app = stack.up(color="never").outputs["connection_urls"].value["app"]
+    seed(app)
+
+    # -- protected: says the data is gone, points to the backup; recreating empty takes an explicit --force
+    lose_the_server(container)
+    message = up_stops_on_the_lost_volume(stack, container, "protects its data (protectData)",
+                                          "Restore it from your backup", "--force")
+    refused = pulumi_cli_run(stack, [arg for arg in named_recovery(message) if arg != "--force"])
+    assert refused.returncode != 0 and "protected" in refused.stderr + refused.stdout, refused
+    recovered = pulumi_cli_run(stack, named_recovery(message))
+    assert recovered.returncode == 0, recovered.stderr
+    outputs = {k: v.value for k, v in stack.up(color="never").outputs.items()}
+    owner, app = outputs["connection_urls"]["owner"], outputs["connection_urls"]["app"]
+    assert rows(owner) == {"organizations": 0, "users": 0, "refresh_tokens": 0}  # empty, as the user chose
+    assert set(outputs["migrations"]) <= {r[0] for r in psycopg.connect(owner).execute(
+        "SELECT version FROM schema_migrations")}
+    stack.preview(expect_no_changes=True, color="never")
+
+    # -- unprotected: the same loss; the message's recovery (no --force) converges
+    stack.set_config("protectData", auto.ConfigValue(value="false"))
+    stack.up(color="never")
+    seed(app)
+    lose_the_server(container)
+    message = up_stops_on_the_lost_volume(stack, container, "To start again with an empty server")
+    assert "--force" not in message
+    recovered = pulumi_cli_run(stack, named_recovery(message))
+    assert recovered.returncode == 0, recovered.stderr
+    outputs = {k: v.value for k, v in stack.up(color="never").outputs.items()}
+    assert rows(outputs["connection_urls"]["owner"]) == {"organizations": 0, "users": 0, "refresh_tokens": 0}
+    seed(outputs["connection_urls"]["app"])
+    stack.preview(expect_no_changes=True, color="never")
+
+    # -- keepDataOnDestroy: destroy forgets the volume, which keeps the rows (no protection needed)
+    stack.set_config("keepDataOnDestroy", auto.ConfigValue(value="true"))
+    stack.up(color="never")
+    stack.destroy(color="never")
+    volume = f"{container}-data"
+    try:
+        assert docker("volume", "ls", "-q", "--filter", f"name=^{volume}$").strip() == volume
+        assert docker("ps", "-aq", "--filter", f"name=^{container}$").strip() == ""
+    finally:
+        docker("volume", "rm", volume, check=False)
+
+
+def test_keep_data_on_destroy_keeps_the_database_and_its_rows(new_stack, drill_server):
+    """keepDataOnDestroy without protectData: destroy succeeds, the database keeps its schema and rows."""
+    admin = drill_server.address
+    stack = external_stack(new_stack, admin, protectData="false", keepDataOnDestroy="true")
+    database, prefix = stack.get_config("databaseName").value, stack.get_config("rolePrefix").value
+    outputs = {k: v.value for k, v in stack.up(color="never").outputs.items()}
+    seed(outputs["connection_urls"]["app"])
+    before = rows(outputs["connection_urls"]["owner"])
+    try:
+        stack.destroy(color="never")
+        assert resource_types(stack) == []
+        with psycopg.connect(admin.dsn(database)) as conn:
+            assert rows(admin.dsn(database)) == before and before["users"] == 1
+            kept = conn.execute("SELECT count(*) FROM schema_migrations").fetchone()
+            assert kept and kept[0] == len(outputs["migrations"])
+        with psycopg.connect(admin.dsn()) as conn:
+            remaining = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s",
+                                                    (prefix + "%",))}
+        # The kept tables' owner, and the roles their privileges name (PostgreSQL drops neither).
+        assert remaining == {f"{prefix}_{r}" for r in ("owner", "app", "readonly", "token_cleanup")}, remaining
+    finally:
+        with psycopg.connect(admin.dsn(), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+            for role in ("owner", "app", "readonly", "token_cleanup"):
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(f"{prefix}_{role}")))
