@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -37,10 +38,33 @@ def find_pg_bindir() -> str:
     return os.path.dirname(candidates[-1])
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(v) for v in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free TCP port on 127.0.0.1 below the kernel's ephemeral range.
+
+    Tests keep a port for later (a stack's hostPort across several up/destroy cycles, a server
+    restarted on its port). A port of the ephemeral range may meanwhile become the local end of any
+    outgoing connection, and the next bind fails; ports below it are only ever taken on purpose.
+    """
+    low = 20000
+    high = _ephemeral_ports()[0] - 1
+    for _ in range(1000):
+        port = random.randint(low, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free TCP port between {low} and {high} on 127.0.0.1")
 
 
 @dataclass(frozen=True)

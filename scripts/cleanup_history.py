@@ -1,7 +1,8 @@
 """The last runs of the token-cleanup job: status, duration and rows removed.
 
 pg_cron records each run in cron.job_run_details (status, start and end); the cleanup procedure
-records the rows it removed in refresh_token_cleanup_runs. This joins the two by time.
+records the rows it removed in refresh_token_cleanup_runs. This joins the two by time (a CALL by
+hand within 30 s of a scheduled run can be mistaken for it).
 
     python scripts/cleanup_history.py --database-url "$ADMIN_URL" [--job NAME] [--limit 20]
 
@@ -26,9 +27,15 @@ SELECT d.runid, d.status, d.start_time, d.end_time,
 FROM cron.job_run_details d
 JOIN cron.job j ON j.jobid = d.jobid
 LEFT JOIN LATERAL (
-    SELECT sum(rows_deleted) AS rows_deleted, sum(batches) AS batches
+    -- pg_cron stamps start_time from its launcher, which may see the worker start only after the
+    -- procedure has begun: take the procedure's run nearest to it. Runs of one job are at least a
+    -- minute apart and never overlap, so a 30 s window cannot pick a neighbour's.
+    SELECT c.rows_deleted, c.batches
     FROM refresh_token_cleanup_runs c
-    WHERE c.started_at >= d.start_time AND c.started_at <= coalesce(d.end_time, now())
+    WHERE c.started_at BETWEEN d.start_time - interval '30 seconds'
+                           AND coalesce(d.end_time, now()) + interval '30 seconds'
+    ORDER BY abs(extract(epoch FROM c.started_at - d.start_time))
+    LIMIT 1
 ) r ON true
 WHERE j.jobname = %(job)s
 ORDER BY d.runid DESC
