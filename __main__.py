@@ -24,6 +24,7 @@ from infra.components.protection import DataProtection
 from infra.components.scheduled_job import ScheduledJobArgs
 from infra.components.server import PostgresServer, PostgresServerArgs, check_container_host, container_name
 from infra.connection import Connection
+from infra.dynamic.stack_claim import StackClaim
 from infra.preflight import check_external_server
 
 namespace, stack = pulumi.get_project(), pulumi.get_stack()
@@ -40,11 +41,14 @@ if isinstance(cfg.server, stack_config.ExternalServer):
         dbname=cfg.server.admin_database, sslmode=cfg.server.sslmode,
     )
     cron_database = facts.cron_database
-    server_resources: list[pulumi.Resource] = []
     admin = Connection(
         host=cfg.server.host, port=cfg.server.port, database=cfg.server.admin_database, user=cfg.server.admin_user,
         password=pulumi_config.require_secret(cfg.server.admin_password_key), sslmode=cfg.server.sslmode,
     )
+    # A shared server: this stack claims its database and role names before anything reaches the server.
+    server_resources: list[pulumi.Resource] = [StackClaim(
+        "stack-claim", admin=admin, stack=f"{namespace}/{stack}", database=cfg.database, roles=list(cfg.roles.all()),
+        keep_on_destroy=cfg.migrations.keep_data_on_destroy)]
     admin_is_superuser = cfg.server.superuser
 else:
     # Before anything is declared: the engine answers, the image is there and is PostgreSQL 15, the port is free.
@@ -75,7 +79,8 @@ db = DatabaseAndRoles(
     DatabaseAndRolesArgs(admin=admin, admin_is_superuser=admin_is_superuser, database=cfg.database,
                          roles=cfg.roles, password_length=cfg.password_length, privileges=privileges,
                          protect_data=cfg.protect_data, keep_data_on_destroy=cfg.migrations.keep_data_on_destroy,
-                         password_keepers={purpose: cfg.rotation_keepers(purpose) for purpose in PURPOSES}),
+                         password_keepers={purpose: cfg.rotation_keepers(purpose) for purpose in PURPOSES},
+                         after=[r for r in server_resources if isinstance(r, StackClaim)]),
 )
 
 migrations = Migrations(

@@ -6,6 +6,7 @@ stay out of the process list), streams the engine's output, and ends with one li
 `DRILL-RESULT {"ok": ..., ...}`.
 
     {"backend": "/tmp/.../state", "stack": "t0123", "project": "...", "program": "migrations" | "main",
+     "work_dir": "/tmp/...",                                # the stack's workspace: its config files
      "directory": "/tmp/.../sql", "connection": {...}}      # directory/connection: migrations only
 """
 
@@ -35,6 +36,7 @@ def main() -> int:
     env = workspace_env(backend)
     env["PULUMI_CONFIG_PASSPHRASE"] = PASSPHRASE
     opts = auto.LocalWorkspaceOptions(
+        work_dir=spec.get("work_dir"),
         env_vars=env,
         pulumi_command=auto.PulumiCommand(root=str(pulumi_bin_dir().parent), skip_version_check=True),
         project_settings=auto.ProjectSettings(name=spec["project"], runtime="python",

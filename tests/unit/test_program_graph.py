@@ -724,3 +724,13 @@ def test_bad_password_rotation_fails_naming_the_key(value: str, message: str) ->
     with pytest.raises(ConfigError, match=message):
         harness.run({**CONTAINER_CONFIG, "passwordRotation": value})
     assert harness.monitor.registrations == []
+
+
+def test_external_mode_claims_the_names_before_anything_reaches_the_server(preflight: FakePreflight) -> None:
+    """Issue 10: two stacks on one server; the admin provider (so every server object) waits for the claim."""
+    result = ProgramHarness().run(EXTERNAL_CONFIG, secret_keys=["externalAdminPassword"])
+    claim = result.one("pulumi-python:dynamic/db:StackClaim", "stack-claim")
+    assert (claim["database"], claim["roles"][0], claim["stack"]) == (
+        "customer_insights", "ci_owner", f"{result.one(PG_PROVIDER, 'app-db-admin').urn.split('::')[1]}/unit")
+    assert claim.urn in result.one(PG_PROVIDER, "app-db-admin").dependencies
+    assert claim.is_secret("password")
