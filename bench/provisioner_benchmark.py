@@ -28,8 +28,9 @@ part of the timed runs): PULUMI_DEBUG_GRPC (every gRPC call the engine makes or 
 timestamps and durations) and a timing wrapper around the dynamic-provider host's handlers. The
 gRPC log holds property values, including secrets: it is reduced to timings in memory and deleted.
 
-The program measured is a snapshot taken when a run starts: the committed HEAD (default) or, with
-`--source worktree`, the working tree as it is then.
+The program measured is a snapshot taken when a run starts: a git revision (`--source`, default
+HEAD; e.g. the commit before a change, for a before/after) or, with `--source worktree`, the
+working tree as it is then.
 
 Results: bench/results/provisioner_<tag>.json (raw) and a markdown summary on stdout
 (`--summarize FILE...` prints it again). Nothing is left behind: stacks are destroyed, the hand
@@ -392,8 +393,8 @@ class Project:
         self.dir.mkdir()
         self.backend.mkdir()
         # A snapshot of the program: other people edit the shared working tree while this runs.
-        if source == "head":
-            archive = subprocess.run(["git", "-C", str(REPO), "archive", "HEAD", "__main__.py", "infra", "sql"],
+        if source != "worktree":
+            archive = subprocess.run(["git", "-C", str(REPO), "archive", source, "__main__.py", "infra", "sql"],
                                      capture_output=True, check=True).stdout
             subprocess.run(["tar", "-x", "-C", str(self.dir)], input=archive, check=True)
         else:
@@ -583,9 +584,9 @@ def noop_set(stack: Stack, n: int, results: dict[str, Any]) -> None:
     record(results, stack.timed(f"noop_up_skip_preview_{n}", "up", "--yes", "--skip-preview", "--expect-no-changes"))
 
 
-def snapshot_sql(workroot: Path) -> Path:
+def snapshot_sql(workroot: Path, rev: str) -> Path:
     target = Path(tempfile.mkdtemp(prefix="sql-", dir=workroot))
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", "HEAD", "sql"], capture_output=True, check=True).stdout
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "sql"], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
     return target / "sql"
 
@@ -593,7 +594,7 @@ def snapshot_sql(workroot: Path) -> Path:
 def one_run(index: int, counts: Sequence[int], workroot: Path, source: str) -> dict[str, Any]:
     results: dict[str, Any] = {}
     log(f"run {index}: hand baseline")
-    hand = hand_baseline(REPO / "sql" if source == "worktree" else snapshot_sql(workroot), workroot)
+    hand = hand_baseline(REPO / "sql" if source == "worktree" else snapshot_sql(workroot, source), workroot)
     results["hand"] = {"seconds": round(hand["seconds"], 3), "marks": hand["marks"]}
     log(f"  hand                         {hand['seconds']:7.2f} s  {hand['marks']}")
 
@@ -758,9 +759,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="migration counts for the no-change measurements (default 8,70,300)")
     parser.add_argument("--pause", type=float, default=20.0, help="seconds between runs (the machine is shared)")
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--source", choices=["head", "worktree"], default="head",
-                        help="program to measure: the committed HEAD (default; the shared tree changes while this "
-                             "runs) or the working tree as it is at the start")
+    parser.add_argument("--source", default="HEAD",
+                        help="program to measure: a git revision (default HEAD: the shared tree changes while this "
+                             "runs) or `worktree` (the working tree as it is at the start)")
     parser.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"))
     parser.add_argument("--summarize", nargs="+", metavar="JSON", help="print the summary of result files")
     args = parser.parse_args(argv)
@@ -778,7 +779,8 @@ def main(argv: list[str] | None = None) -> int:
                     "pulumi": sh(["pulumi", "version"]).stdout.strip(),
                     "load_avg_at_start": os.getloadavg()},
         "counts": counts, "runs": [], "source": args.source,
-        "commit": sh(["git", "-C", str(REPO), "rev-parse", "HEAD"]).stdout.strip(),
+        "commit": sh(["git", "-C", str(REPO), "rev-parse", "HEAD" if args.source == "worktree" else args.source]
+                     ).stdout.strip(),
     }
     workroot = Path(tempfile.mkdtemp(prefix="provisioner-bench-"))
     try:
