@@ -102,7 +102,7 @@ migrations = Migrations(
 # The exceptions to the default privileges (secret columns, migration history, the procedure).
 table_privileges = TablePrivileges(
     "table-privileges",
-    TablePrivilegesArgs(provider=db.provider, database=db.database.name, roles=db.roles, after=[migrations],
+    TablePrivilegesArgs(provider=db.provider, database=db.database.name, roles=db.roles, after=migrations.applied,
                         privileges=privileges),
 )
 
@@ -118,14 +118,14 @@ cleanup = token_cleanup.TokenCleanupJob(
         command=token_cleanup.command(cfg.cleanup_job.batch_size),
         enabled=cfg.cleanup_job.enabled,
         grants=token_cleanup.GRANTS,
-        after=[migrations],
+        after=migrations.applied,
         privileges=privileges,
         keep_extension_on_destroy=isinstance(cfg.server, stack_config.ExternalServer),
     ),
 )
 
 # protectData: `pulumi destroy` stops before it deletes anything (see DataProtection for why this is needed).
-DataProtection("protectData", cfg.protect_data, [*server_resources, db, migrations, table_privileges, cleanup])
+DataProtection("protectData", cfg.protect_data, [*server_resources, db, *migrations.applied, table_privileges, cleanup])
 
 connections = {purpose: db.connection_for(purpose) for purpose in PURPOSES}
 app = connections["app"]

@@ -251,6 +251,18 @@ class ProgramRun:
     def by_urn(self, urn: str) -> Registration:
         return self._by_urn[urn]
 
+    def upstream_of(self, resource: Registration) -> set[str]:
+        """Every URN `resource` waits for, directly or through other resources (what the engine orders)."""
+        seen: set[str] = set()
+        todo = list(resource.dependencies)
+        while todo:
+            urn = todo.pop()
+            if urn in seen:
+                continue
+            seen.add(urn)
+            todo.extend(self.by_urn(urn).dependencies)  # KeyError: a dependency never registered
+        return seen
+
     def parent_of(self, resource: Registration) -> Registration:
         return self.by_urn(resource.parent)
 

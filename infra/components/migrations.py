@@ -93,3 +93,10 @@ class Migrations(pulumi.ComponentResource):
         self.last = previous
         self.versions = [f.version for f in args.migrations]
         self.register_outputs({"versions": self.versions})
+
+    @property
+    def applied(self) -> list[pulumi.Resource]:
+        """What a resource that needs the whole schema depends on: the last migration, the chain holds
+        the rest. Depending on the component instead makes the SDK expand it to every migration for
+        each dependent (measured: no-change preview at 300 migrations 9.5-9.95 s -> 6.7-6.95 s)."""
+        return [self.last] if self.last is not None else [self]

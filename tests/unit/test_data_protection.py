@@ -56,10 +56,10 @@ def test_protected_stack_protects_what_holds_data_and_guards_destroy_with_everyt
     # Replaceable without data loss: the container (image change), passwords and roles (rotation).
     for type_ in (CONTAINER, RANDOM_PASSWORD, ROLE):
         assert not any(r.protect for r in result.of_type(type_)), type_
-    # The guard depends on every other resource: destroy has to delete it first, and stops there.
+    # The guard waits for every other resource: destroy has to delete it first, and stops there.
     guard = result.one(DATA_PROTECTION_COMPONENT, "protectData")
     custom = {r.urn for r in result.resources if r.custom}
-    assert custom - set(guard.dependencies) == set()
+    assert custom - result.upstream_of(guard) == set()
 
 
 def test_unprotected_stack_protects_nothing() -> None:

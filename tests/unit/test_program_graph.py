@@ -352,7 +352,7 @@ def test_cron_job_waits_for_extension_grants_and_every_migration(run: ProgramRun
     siblings = {r.urn for r in run.children_of(component) if r.urn != job.urn}
     assert len(siblings) == 5  # the extension and four grants
     assert siblings <= set(job.dependencies)
-    assert {m.urn for m in run.migrations()} <= set(job.dependencies)
+    assert {m.urn for m in run.migrations()} <= run.upstream_of(job)
 
 
 def test_pg_cron_extension(run: ProgramRun) -> None:
@@ -360,7 +360,7 @@ def test_pg_cron_extension(run: ProgramRun) -> None:
     assert extension["name"] == "pg_cron"
     assert extension["database"] == "insights_test"  # the server's cron.database_name
     assert run.provider_of(extension).name == "app-db-admin"
-    assert {m.urn for m in run.migrations()} <= set(extension.dependencies)
+    assert {m.urn for m in run.migrations()} <= run.upstream_of(extension)
 
 
 def grant_summary(grant: Registration) -> tuple[Any, ...]:
@@ -385,7 +385,7 @@ def test_cleanup_role_grants_are_exactly_what_the_job_needs(run: ProgramRun) -> 
     ])
     for grant in job_grants:
         assert run.provider_of(grant).name == "app-db-admin"
-        assert {m.urn for m in run.migrations()} <= set(grant.dependencies)  # the objects exist by then
+        assert {m.urn for m in run.migrations()} <= run.upstream_of(grant)  # the objects exist by then
 
     # everything else the cleanup role gets: CONNECT to the database and USAGE on the schema, no
     # default privileges
@@ -421,23 +421,10 @@ def rows_overlap(a: set[tuple[str, ...]], b: set[tuple[str, ...]]) -> bool:
     )
 
 
-def upstream_of(run: ProgramRun, resource: Registration) -> set[str]:
-    """Every URN `resource` waits for, directly or through other resources."""
-    seen: set[str] = set()
-    todo = list(resource.dependencies)
-    while todo:
-        urn = todo.pop()
-        if urn in seen:
-            continue
-        seen.add(urn)
-        todo.extend(run.by_urn(urn).dependencies)  # KeyError: a dependency never registered
-    return seen
-
-
 def concurrent_privilege_pairs(run: ProgramRun) -> list[tuple[str, str]]:
     """Pairs of privilege resources on one catalog row that the engine could run at the same time."""
     privileges = [r for r in run.resources if r.type in PRIVILEGE_TYPES]
-    upstream = {r.urn: upstream_of(run, r) for r in privileges}
+    upstream = {r.urn: run.upstream_of(r) for r in privileges}
     return [
         (a.name, b.name)
         for a, b in itertools.combinations(privileges, 2)
@@ -676,7 +663,7 @@ def test_read_only_role_reads_secret_tables_column_by_column_never_the_secret_co
         assert columns["role"] == revoke["role"] == ROLES["readonly"]
         assert columns["privileges"] == ["SELECT"]
         assert set(columns["columns"]) == set(READONLY_COLUMNS[table]) and not set(secrets) & set(columns["columns"])
-        assert revoke.urn in upstream_of(run, columns)  # REVOKE ALL also drops column grants: revoke first
+        assert revoke.urn in run.upstream_of(columns)  # REVOKE ALL also drops column grants: revoke first
 
 
 def test_migration_history_exception(run: ProgramRun) -> None:
@@ -688,7 +675,7 @@ def test_migration_history_exception(run: ProgramRun) -> None:
     for grant in grants.values():
         assert grant["database"] == "insights_test"
         assert run.provider_of(grant).name == "app-db-admin"
-        assert {m.urn for m in run.migrations()} <= upstream_of(run, grant)  # the objects exist by then
+        assert {m.urn for m in run.migrations()} <= run.upstream_of(grant)  # the objects exist by then
 
 
 def role_passwords(run: ProgramRun) -> dict[str, Registration]:
