@@ -52,6 +52,8 @@ stage() { # dest sources...
   chmod -R u+w "$dest"
 }
 
+check_third_party
+
 # --- The CLI ---------------------------------------------------------------------------------
 build_cli() {
   local work="$BUILD_DIR/pulumi-cli-v$PULUMI_CLI_VERSION"
@@ -105,8 +107,6 @@ if [ ! -x "$PULUMI_BIN_DIR/pulumi-resource-pulumi-python" ]; then
 fi
 info "ok: $PULUMI_BIN_DIR/pulumi-resource-pulumi-python"
 record dynamic-provider-host ok "$PULUMI_BIN_DIR/pulumi-resource-pulumi-python"
-
-check_third_party
 
 # --- Python language host ----------------------------------------------------------------------
 # main.go of the release tag, compiled against pkg/v3 and sdk/v3 at the CLI's version: its go.mod
