@@ -19,6 +19,12 @@ and the run, with a fixed-rate token INSERT load on a separate connection. Varia
               synchronous_commit = off (the INSERT load stays synchronous)
   ctid_<P>p   a suggestion, NOT the shipped code: autocommit DELETEs over P-page heap ranges
               (WHERE ctid >= '(s,0)' AND ctid < '(s+P,0)' AND expires_at < cutoff)
+  keyset_<N>  (round 3) sql/008's procedure, index order only, as a renamed copy created from the
+              file's text: the procedure before sql/009, measured in the same run as `ours`
+
+With --as-cleanup-role every variant's session is a login role holding exactly the grants the
+program gives the cron job's role (infra.token_cleanup.GRANTS; plus SELECT (ctid) for the ctid
+variants, which need it), so a variant that needs more privilege fails instead of being measured.
 
 plus `explain_ours`, a separate copy on which the procedure runs with auto_explain loaded in the
 calling session (every nested statement's EXPLAIN ANALYZE, BUFFERS goes to the server log), to
@@ -59,7 +65,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from devsupport.grants import grant_statement
 from devsupport.local_postgres import LocalPostgres
+from infra import token_cleanup
 from infra.migrate import Migrator, load_migrations
 
 REPO = Path(__file__).resolve().parent.parent
@@ -180,7 +188,8 @@ def schema_fingerprint(conn: psycopg.Connection) -> list[str]:
     return [r[0] for r in rows]
 
 
-def build_template(server: LocalPostgres, name: str, rows: int, layout: str = "interleaved") -> dict[str, Any]:
+def build_template(server: LocalPostgres, name: str, rows: int, layout: str = "interleaved",
+                   expired_share: float = 0.5) -> dict[str, Any]:
     """The template database: real schema, organizations/users, `rows` tokens, half expired.
 
     layout "interleaved": each row expired or live by a coin toss (expired rows on every page).
@@ -243,7 +252,7 @@ def build_template(server: LocalPostgres, name: str, rows: int, layout: str = "i
             # Lifetime exactly 168 hours (the CHECK's maximum); expired ones expired 1 min..7 days
             # ago, live ones expire in 1 min..167 h.
             if layout == "interleaved":
-                expiry = """SELECT CASE WHEN random() < 0.5
+                expiry = """SELECT CASE WHEN random() < %(share)s
                                         THEN now() - interval '1 minute' - random() * interval '7 days'
                                         ELSE now() + interval '1 minute' + random() * interval '167 hours'
                                    END AS e
@@ -263,7 +272,7 @@ def build_template(server: LocalPostgres, name: str, rows: int, layout: str = "i
                   FROM (SELECT array_agg(id) AS ids FROM users) u,
                        LATERAL (""" + expiry + """) s
                 """,
-                {"rows": rows},
+                {"rows": rows, "share": expired_share},
             )
         log("  re-creating the PK, indexes and FK")
         for _, ctype, cdef in sorted(cons, key=lambda c: c[1] != "p"):
@@ -305,6 +314,7 @@ def build_template(server: LocalPostgres, name: str, rows: int, layout: str = "i
     return {
         "database": name,
         "layout": layout,
+        "expired_share": expired_share,
         "migrations": migrations,
         "schema": fingerprint,
         "organizations": n_orgs,
@@ -500,14 +510,45 @@ def create_sync_copy(conn: psycopg.Connection) -> None:
     conn.execute(src)
 
 
+KEYSET_PROC = "delete_expired_refresh_tokens_008"
+
+
+def create_keyset_copy(conn: psycopg.Connection) -> None:
+    """For the `keyset_<N>` variant: sql/008's procedure (index order only) under another name,
+    from the file's own text, so that the procedure before sql/009 runs beside it in one session."""
+    src = (REPO / "sql" / "008_create_refresh_token_cleanup.sql").read_text()
+    start = src.index("CREATE PROCEDURE delete_expired_refresh_tokens(")
+    body = src[start:src.index("$$;", start) + 3]
+    conn.execute(body.replace("delete_expired_refresh_tokens(", f"{KEYSET_PROC}(", 1))
+
+
+CLEANUP_ROLE = "bench_cleanup"
+CLEANUP_PASSWORD = secrets.token_hex(16)
+
+
+def grant_cleanup_role(conn: psycopg.Connection, extra_ctid: bool) -> None:
+    """The cron job's grants (infra.token_cleanup.GRANTS, as the program states them) in this
+    database, plus SELECT (ctid) for the ctid variants; EXECUTE on the benchmark's copies."""
+    role = sql.Identifier(CLEANUP_ROLE)
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(role))
+    for grant in token_cleanup.GRANTS:
+        conn.execute(grant_statement(grant, CLEANUP_ROLE))
+    if extra_ctid:
+        conn.execute(sql.SQL("GRANT SELECT (ctid) ON refresh_tokens TO {}").format(role))
+
+
 def run_ours(conn: psycopg.Connection, ctx: dict[str, Any]) -> dict[str, Any]:
     batch = ctx["batch_size"]
     notices: list[tuple[float, int, float]] = []  # (client time, rows, server ms)
+    modes: list[str] = []
 
     def on_notice(diag: psycopg.errors.Diagnostic) -> None:
-        m = NOTICE_RE.search(diag.message_primary or "")
+        msg = diag.message_primary or ""
+        m = NOTICE_RE.search(msg)
         if m:
             notices.append((time.perf_counter(), int(m.group(1)), float(m.group(2))))
+        elif " order" in msg:
+            modes.append(msg)
 
     conn.add_notice_handler(on_notice)
     conn.execute("SET client_min_messages = debug1")
@@ -517,7 +558,7 @@ def run_ours(conn: psycopg.Connection, ctx: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     complete = True
     try:
-        proc = SYNC_PROC if ctx.get("sync_proc") else "delete_expired_refresh_tokens"
+        proc = ctx.get("proc") or (SYNC_PROC if ctx.get("sync_proc") else "delete_expired_refresh_tokens")
         row = conn.execute(f"CALL {proc}(batch_size => %s)", (batch,)).fetchone()
     except psycopg.errors.QueryCanceled:
         complete = False
@@ -543,6 +584,8 @@ def run_ours(conn: psycopg.Connection, ctx: dict[str, Any]) -> dict[str, Any]:
         "complete": complete,
         "cap_s": ctx["ours_cap"],
         "call_wall_ms": (t1 - t0) * 1000,
+        "procedure": proc,
+        "mode": modes,
     }
 
 
@@ -585,6 +628,10 @@ def run_variant(server: LocalPostgres, template: str, name: str, kind: str, ctx:
             walst0 = side.execute(WAL_STATS_SQL).fetchone()
             if ctx.get("sync_proc"):
                 create_sync_copy(side)
+            if ctx.get("proc") == KEYSET_PROC:
+                create_keyset_copy(side)
+            if ctx.get("as_role"):
+                grant_cleanup_role(side, extra_ctid=kind == "ctid")
         logoff = log_offset(server)
         load = InsertLoad(dsn, ctx["insert_rate"], user_ids, hard_limit_s=max(ctx["slow_cap"], ctx["ours_cap"]) + 600)
         load.start()
@@ -593,7 +640,10 @@ def run_variant(server: LocalPostgres, template: str, name: str, kind: str, ctx:
             raise load.error
         time.sleep(ctx["warmup_s"])
         autocommit = kind in ("ours", "reference", "ctid")
-        with psycopg.connect(dsn, autocommit=autocommit, application_name=f"bench-{name}") as conn:
+        run_dsn = (psycopg.conninfo.make_conninfo(dsn, user=CLEANUP_ROLE, password=CLEANUP_PASSWORD)
+                   if ctx.get("as_role") else dsn)
+        load0 = os.getloadavg()
+        with psycopg.connect(run_dsn, autocommit=autocommit, application_name=f"bench-{name}") as conn:
             if ctx.get("async_commit"):
                 conn.execute("SET synchronous_commit = off")
                 if not autocommit:
@@ -639,6 +689,9 @@ def run_variant(server: LocalPostgres, template: str, name: str, kind: str, ctx:
         res.update(
             {
                 "variant": name,
+                "session_role": CLEANUP_ROLE if ctx.get("as_role") else "superuser",
+                "loadavg_before": load0,
+                "loadavg_after": os.getloadavg(),
                 "total_s": end - start,
                 "longest_txn_ms": max(res["txn_ms"]) if res["txn_ms"] else None,
                 "txn_stats": txn_stats(res["txn_ms"]),
@@ -832,6 +885,10 @@ def main() -> int:
     ap.add_argument("--variants", default="reference,plain,slow,ours,ctid,explain")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     ap.add_argument("--tag", default="", help="suffix of the result file name")
+    ap.add_argument("--expired-share", type=float, default=0.5,
+                    help="interleaved layout: the share of tokens that are expired (coin toss per row)")
+    ap.add_argument("--as-cleanup-role", action="store_true",
+                    help="run every variant as a role with exactly the cron job's grants (infra.token_cleanup)")
     ap.add_argument("--layout", choices=("interleaved", "clustered"), default="interleaved",
                     help="interleaved: expired/live by coin toss on every page; clustered: creation order, "
                     "expires_at = created_at + 168 h (expired rows are the first half of the heap)")
@@ -844,11 +901,14 @@ def main() -> int:
     server = LocalPostgres(extra_settings={**DURABLE_SETTINGS, **OBSERVATION_SETTINGS}).start()
     try:
         machine = machine_info(server)
+        with admin(server) as a:
+            a.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(CLEANUP_ROLE), sql.Literal(CLEANUP_PASSWORD)))
         log(f"server up: {machine['postgres']}")
         for rows in sizes:
             tmpl = f"tmpl_{rows}"
             log(f"== {rows:,} tokens: building the template database")
-            data = build_template(server, tmpl, rows, args.layout)
+            data = build_template(server, tmpl, rows, args.layout, args.expired_share)
             log(
                 f"  {data['tokens']:,} tokens, {data['expired']:,} expired, heap "
                 f"{data['heap_bytes'] / 2**20:.0f} MiB, indexes {data['indexes_bytes'] / 2**20:.0f} MiB, "
@@ -857,6 +917,7 @@ def main() -> int:
             ctx = {
                 "expired": data["expired"], "slow_cap": args.slow_cap, "ours_cap": args.ours_cap, "insert_rate": args.insert_rate,
                 "warmup_s": args.warmup_seconds, "reference_s": args.reference_seconds,
+                "as_role": args.as_cleanup_role,
             }
             plan: list[tuple[str, str, dict[str, Any]]] = []
             if "reference" in variants:
@@ -870,6 +931,9 @@ def main() -> int:
                     plan.append((f"ours_{b}", "ours", {"batch_size": b}))
             if "ctid" in variants:
                 plan.append((f"ctid_{args.ctid_pages}p", "ctid", {"ctid_pages": args.ctid_pages}))
+            if "keyset" in variants:
+                for b in batch_sizes:
+                    plan.append((f"keyset_{b}", "ours", {"batch_size": b, "proc": KEYSET_PROC}))
             # Suggestions measured without touching sql/: the cleanup session with
             # synchronous_commit = off (the inserts stay synchronous).
             # The shipped procedure commits each batch with synchronous_commit = off; `ours_sync`
@@ -896,6 +960,8 @@ def main() -> int:
                 r = run_variant(server, tmpl, f"run_{vname}", kind, {**ctx, **extra})
                 results[vname] = r
                 il = r["insert_latency"]["service_ms"]
+                log(
+                    f"    [{r['session_role']}, load {r['loadavg_before'][0]:.2f}] {' '.join(r.get('mode') or [])}")
                 log(
                     f"    total {r['total_s']:.2f} s, deleted {r['rows_deleted']:,} in {r['batches']} txn(s), "
                     f"longest txn {r['longest_txn_ms'] or 0:.1f} ms, insert p50 {il.get('p50') or 0:.2f} "

@@ -35,6 +35,7 @@ MIGRATIONS = [
     "006_add_indexes",
     "007_create_refresh_tokens",
     "008_create_refresh_token_cleanup",
+    "009_refresh_token_cleanup_in_heap_order",
 ]
 BCRYPT_10 = "$2b$10$" + "N9qo8uLOickgx2ZMRZoMye" + "IjZAgcfl7p92ldGxad68LJZdL17lhWy"  # 22 salt + 31 hash
 assert len(BCRYPT_10) == 60

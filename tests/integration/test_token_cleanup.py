@@ -242,7 +242,8 @@ def test_uses_the_expires_at_index_and_never_rewalks_deleted_entries(conn: psyco
 
     assert cleanup(conn, batch_size=1000) == (20_000, 20)
 
-    token_plans = [p for p in plans if "refresh_tokens" in p and "Query Text: CALL" not in p]
+    # The statements on the table (not the catalog reads that choose the order, sql/009).
+    token_plans = [p for p in plans if "FROM refresh_tokens" in p and "Query Text: CALL" not in p]
     assert len(token_plans) == 2 * 20  # per batch: find the batch's end key, delete the range
     for plan in token_plans:
         scans = index_scans(plan)
@@ -330,16 +331,19 @@ def test_batch_delete_is_estimated_as_a_batch_not_a_share_of_the_table(conn: psy
     from expires_at only, as P(>= lo) * P(< hi): a quarter of the table for a batch in the middle of
     the expired range. With expires_at uncorrelated to the heap order (as when tokens of different
     lifetimes are mixed) that estimate turns the DELETE into a Seq Scan of the whole table, at 10 M
-    tokens 1.2 s per batch (bench/README.md). Deterministic: 30,000 rows is the whole ANALYZE sample
-    (default_statistics_target 100), the heap order is a fixed permutation, autovacuum is off for
-    the table (no re-analyze mid-run), and only estimated rows (EXPLAIN without ANALYZE) are read."""
+    tokens 1.2 s per batch (bench/README.md). Such a backlog now goes in heap order (sql/009), so
+    here the heap order is shuffled only within runs of 200 rows (correlation ~1: the procedure keeps
+    the index order); the estimates do not depend on the heap order. Deterministic: 30,000 rows is
+    the whole ANALYZE sample (default_statistics_target 100), the heap order is a fixed permutation,
+    autovacuum is off for the table (no re-analyze mid-run), and only estimated rows (EXPLAIN
+    without ANALYZE) are read."""
     conn.execute("ALTER TABLE refresh_tokens SET (autovacuum_enabled = off)")
     conn.execute("""
         INSERT INTO refresh_tokens (user_id, token, created_at, expires_at)
         SELECT %(user)s, md5(g::text), e - interval '7 days', e
           FROM (SELECT g, now() - interval '72 hours' + g * interval '12 seconds' AS e
                   FROM generate_series(1, 30000) g) s
-         ORDER BY md5('order' || g)""", {"user": user_id})  # a fixed heap order, uncorrelated to expiry
+         ORDER BY g / 200, md5('order' || g)""", {"user": user_id})  # a fixed heap order
     conn.execute("ANALYZE refresh_tokens")
     expired = count(conn, "expires_at < now()")
     assert 20_000 < expired < 30_000
@@ -361,3 +365,144 @@ def test_batch_delete_is_estimated_as_a_batch_not_a_share_of_the_table(conn: psy
         # The estimate of the scan feeding the Delete node (the Delete node itself estimates 0 rows).
         [estimate] = re.findall(r"Scan(?: using \w+)? on refresh_tokens\s+\(cost=\S+ rows=(\d+)", plan)
         assert int(estimate) <= 2000, plan  # batches of 1,000 (without the plain bounds: 2,800 to ~7,500)
+
+
+# ---------------------------------------------------------------------------------------------------
+# sql/009: a large backlog scattered over the heap is deleted in heap order.
+# ---------------------------------------------------------------------------------------------------
+HELPER = "delete_expired_refresh_tokens_in_pages"
+
+
+def scattered_tokens(conn: psycopg.Connection, user_id: uuid.UUID, total: int, expired: int,
+                     shuffle: str = "md5('order' || g)") -> None:
+    """`total` tokens, the first `expired` of them expired, in a fixed heap order given by `shuffle`
+    (by default a permutation uncorrelated with expiry), vacuumed and analyzed."""
+    conn.execute(sql.SQL("""
+        INSERT INTO refresh_tokens (user_id, token, created_at, expires_at)
+        SELECT %(user)s, md5(g::text), e - interval '7 days', e
+          FROM (SELECT g, CASE WHEN g <= %(expired)s THEN now() - interval '1 hour' + g * interval '10 ms'
+                               ELSE now() + interval '1 hour' + g * interval '10 ms' END AS e
+                  FROM generate_series(1, %(total)s) g) s
+         ORDER BY {}""").format(sql.SQL(shuffle)), {"user": user_id, "expired": expired, "total": total})
+    conn.execute("VACUUM ANALYZE refresh_tokens")
+
+
+def heap_pages(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT relpages FROM pg_class WHERE oid = 'refresh_tokens'::regclass").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def debug_lines(conn: psycopg.Connection) -> list[str]:
+    """Collects the procedure's RAISE DEBUG lines from now on (the order chosen, each batch)."""
+    lines: list[str] = []
+    conn.add_notice_handler(lambda diag: lines.append(diag.message_primary or ""))
+    conn.execute("SET client_min_messages = debug1")
+    return lines
+
+
+def test_a_scattered_backlog_is_deleted_in_heap_order_with_only_the_cron_roles_grants(
+        conn: psycopg.Connection, user_id: uuid.UUID, cleanup_role: Role) -> None:
+    scattered_tokens(conn, user_id, total=20_000, expired=10_000)
+    live_before = conn.execute("SELECT id FROM refresh_tokens WHERE expires_at > now() ORDER BY id").fetchall()
+    pages, tuples = conn.execute(
+        "SELECT relpages, reltuples FROM pg_class WHERE oid = 'refresh_tokens'::regclass").fetchone() or (0, 0)
+    assert pages <= 10_000, "more expired tokens than heap pages: the heap-order case"
+    step = int(1000 * pages / tuples)  # pages holding ~batch_size rows
+
+    with psycopg.connect(cleanup_role.dsn, autocommit=True) as job:
+        lines = debug_lines(job)
+        rows_deleted, batches = cleanup(job, batch_size=1000)
+
+    assert rows_deleted == 10_000
+    assert lines[0].startswith(f"delete_expired_refresh_tokens: heap order, {step} pages per batch"), lines[0]
+    per_batch = [int(m[1]) for m in (re.search(r"batch deleted (\d+) rows", ln) for ln in lines) if m]
+    assert len(per_batch) == -(-pages // step), "one transaction per page range, every page covered"
+    assert sum(per_batch) == 10_000 and max(per_batch) <= 1000
+    assert batches == sum(1 for n in per_batch if n > 0)
+    assert conn.execute("SELECT id FROM refresh_tokens ORDER BY id").fetchall() == live_before
+    assert [(r["rows_deleted"], r["batches"], r["batch_size"]) for r in runs(conn)] == [(10_000, batches, 1000)]
+
+
+def test_heap_order_batches_are_tid_range_scans_of_their_pages(conn: psycopg.Connection,
+                                                               user_id: uuid.UUID) -> None:
+    """Each heap-order batch reads its own page range once (no index, no other page)."""
+    scattered_tokens(conn, user_id, total=20_000, expired=10_000)
+    plans: list[str] = []
+    conn.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
+    conn.execute("LOAD 'auto_explain'")
+    for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_analyze = on",
+                    "log_buffers = on", "log_timing = off"):
+        conn.execute(f"SET auto_explain.{setting}")
+    conn.execute("SET client_min_messages = log")
+
+    rows_deleted, _ = cleanup(conn, batch_size=1000)
+    conn.execute("RESET client_min_messages")
+
+    assert rows_deleted == 10_000
+    deletes = [p for p in plans if "DELETE FROM public.refresh_tokens" in p]
+    assert deletes
+    for plan in deletes:
+        scans = re.findall(r"(\w[\w ]*Scan) on refresh_tokens", plan)
+        assert scans == ["Tid Range Scan"], plan
+
+
+@pytest.mark.parametrize(("expired", "shuffle"), [
+    (100, "md5('order' || g)"),  # scattered, but fewer expired tokens than heap pages
+    (10_000, "g"),  # many expired, laid out in expiry order (correlation 1)
+], ids=["small-backlog", "in-expiry-order"])
+def test_keeps_the_index_order_when_heap_order_would_not_pay(conn: psycopg.Connection, user_id: uuid.UUID,
+                                                             expired: int, shuffle: str) -> None:
+    scattered_tokens(conn, user_id, total=20_000, expired=expired, shuffle=shuffle)
+    lines = debug_lines(conn)
+    assert cleanup(conn, batch_size=1000) == (expired, -(-expired // 1000))
+    assert lines[0].startswith("delete_expired_refresh_tokens: index order"), lines[0]
+    assert count(conn, "expires_at < now()") == 0 and count(conn) == 20_000 - expired
+
+
+def test_the_heap_order_helper_serves_only_sessions_that_may_already_delete(
+        conn: psycopg.Connection, user_id: uuid.UUID, cleanup_role: Role, fresh_db: str) -> None:
+    """The SECURITY DEFINER helper gives no session more than it has: its login role must hold DELETE
+    on refresh_tokens and EXECUTE on the procedure; it deletes only expired tokens, returns a count.
+    It also works owned by a non-superuser table owner (as in the program, where the owner role runs
+    the migrations)."""
+    owner = "token_owner_" + uuid.uuid4().hex[:8]
+    conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(owner)))
+    conn.execute(sql.SQL("ALTER TABLE refresh_tokens OWNER TO {}").format(sql.Identifier(owner)))
+    conn.execute(sql.SQL("ALTER FUNCTION {}(bigint, integer, timestamptz) OWNER TO {}").format(
+        sql.Identifier(HELPER), sql.Identifier(owner)))
+    scattered_tokens(conn, user_id, total=2_000, expired=1_000)
+    pages = heap_pages(conn)
+    call = sql.SQL("SELECT {}(0, %s, %s)").format(sql.Identifier(HELPER))
+
+    others = {}
+    for grants in ("none", "delete-only", "execute-only"):
+        name, password = f"other_{grants.replace('-', '_')}_{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(name), sql.Literal(password)))
+        if grants == "delete-only":
+            conn.execute(sql.SQL("GRANT DELETE ON refresh_tokens TO {}").format(sql.Identifier(name)))
+        if grants == "execute-only":
+            conn.execute(sql.SQL("GRANT EXECUTE ON PROCEDURE delete_expired_refresh_tokens(integer, timestamptz, "
+                                 "bigint, integer) TO {}").format(sql.Identifier(name)))
+        others[name] = psycopg.conninfo.make_conninfo(fresh_db, user=name, password=password)
+    try:
+        for dsn in others.values():
+            with psycopg.connect(dsn, autocommit=True) as other:
+                with pytest.raises(errors.InsufficientPrivilege, match=HELPER) as refused:
+                    other.execute(call, (pages, datetime.now(UTC)))
+                assert "EXECUTE on that procedure and DELETE on refresh_tokens" in str(refused.value.diag.message_hint)
+        assert count(conn, "expires_at < now()") == 1_000
+
+        with psycopg.connect(cleanup_role.dsn, autocommit=True) as job:
+            with pytest.raises(errors.InvalidParameterValue, match="in the future"):
+                job.execute(call, (pages, datetime.now(UTC) + timedelta(minutes=1)))
+            row = job.execute(call, (pages, datetime.now(UTC))).fetchone()
+            assert row == (1_000,)
+            scattered_tokens(conn, user_id, total=2_000, expired=1_000)
+            assert cleanup(job, batch_size=100)[0] == 1_000  # the whole procedure, helper owned by `owner`
+        assert count(conn, "expires_at < now()") == 0 and count(conn) == 2_000
+    finally:
+        for name in [*others, owner]:
+            conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
