@@ -42,23 +42,24 @@ from tests.e2e.test_migrations_engine import dsn, migrations_program, recorded, 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-SLOW = "009_drill_slow.sql"
+# Drill migrations are numbered far above sql/ (a new file there must not collide with them).
+SLOW = "901_drill_slow.sql"
 
 
 # ---------------------------------------------------------------------------------------------- helpers
 
 
 def add_slow_migration(sql_dir: Path, seconds: float) -> None:
-    """009: slow, and deliberately not re-runnable: applied twice, it leaves two rows. 010 follows it."""
+    """901: slow, and deliberately not re-runnable: applied twice, it leaves two rows. 902 follows it."""
     (sql_dir / SLOW).write_text(
-        "-- 009_drill_slow: a failure drill's migration (slow; counts how often it was applied).\n"
+        "-- 901_drill_slow: a failure drill's migration (slow; counts how often it was applied).\n"
         "CREATE TABLE drill_applications (applied_at timestamptz NOT NULL DEFAULT clock_timestamp());\n"
         "INSERT INTO drill_applications DEFAULT VALUES;\n"
         f"SELECT pg_sleep({seconds});\n"
     )
-    (sql_dir / "009_drill_slow.down.sql").write_text("DROP TABLE drill_applications;\n")
-    (sql_dir / "010_drill_after.sql").write_text("CREATE TABLE drill_after (id int PRIMARY KEY);\n")
-    (sql_dir / "010_drill_after.down.sql").write_text("DROP TABLE drill_after;\n")
+    (sql_dir / "901_drill_slow.down.sql").write_text("DROP TABLE drill_applications;\n")
+    (sql_dir / "902_drill_after.sql").write_text("CREATE TABLE drill_after (id int PRIMARY KEY);\n")
+    (sql_dir / "902_drill_after.down.sql").write_text("DROP TABLE drill_after;\n")
 
 
 def applications(conninfo: str) -> int:
@@ -168,7 +169,7 @@ def assert_tracking_matches_schema(connection: dict[str, Any], sql_dir: Path) ->
     assert {c for _, c in counts} == {1}
     assert tables(connection) >= {"organizations", "users", "customers", "customer_interactions",
                                   "behavior_patterns", "refresh_tokens", "drill_applications", "drill_after"}
-    assert applications(dsn(connection)) == 1, "009 was applied more than once"
+    assert applications(dsn(connection)) == 1, "901 was applied more than once"
 
 
 # ---------------------------------------------------------------------------------------------- faults of `up`
@@ -180,18 +181,18 @@ def test_sigkill_mid_migrations_then_documented_recovery_converges(owner_role_db
     runner = Runner(stack, new_stack.backend, {"program": "migrations", "directory": str(sql_copy),
                                                 "connection": owner_role_db})
     try:
-        wait_for("009 to be running", lambda: backends(pg_server.dsn(owner_role_db["dbname"]), "pg_sleep"), 120)
+        wait_for("901 to be running", lambda: backends(pg_server.dsn(owner_role_db["dbname"]), "pg_sleep"), 120)
         os.kill(runner.pulumi_cli_pid(), signal.SIGKILL)
         result = runner.finish(timeout=120)
     finally:
         runner.kill_group()
     assert not result["ok"]
-    # The provider that ran 009 lost its engine; its session ends one way or the other.
+    # The provider that ran 901 lost its engine; its session ends one way or the other.
     wait_for("the killed run's sessions to end",
              lambda: not backends(pg_server.dsn(owner_role_db["dbname"]), "pg_sleep"), 60)
 
-    # The killed CLI left its stack lock and a pending create of 009 behind: every command refuses.
-    assert [op["resource"]["urn"].split("::")[-1] for op in pending_operations(stack)] == ["009_drill_slow"]
+    # The killed CLI left its stack lock and a pending create of 901 behind: every command refuses.
+    assert [op["resource"]["urn"].split("::")[-1] for op in pending_operations(stack)] == ["901_drill_slow"]
     assert_not_in_state(new_stack.backend, str(owner_role_db["password"]))
     with pytest.raises(auto.errors.CommandError) as locked:
         stack.up(color="never")
@@ -245,16 +246,17 @@ def test_two_stacks_up_at_once_on_one_database_serialise_their_migrations(
 def test_migration_failing_half_way_without_transaction_keeps_what_ran_and_up_continues(
         owner_role_db, new_stack, sql_copy):
     # (The transactional case: test_migrations_engine.py::test_failing_migration_stops_the_chain_...)
-    broken = sql_copy / "009_drill_no_transaction.sql"
+    broken = sql_copy / "901_drill_no_transaction.sql"
+    shipped = {f.version for f in load_migrations(sql_copy)}
     good = (
         "-- migrate:no-transaction\n"
-        "-- 009: an index built without blocking writes, then a column.\n"
+        "-- 901: an index built without blocking writes, then a column.\n"
         "CREATE INDEX CONCURRENTLY IF NOT EXISTS customers_drill_idx ON customers (created_at);\n"
         "\n"
         "ALTER TABLE customers ADD COLUMN IF NOT EXISTS drill_note text;\n"
     )
     broken.write_text(good.replace("drill_note text", "drill_note no_such_type"))
-    (sql_copy / "009_drill_no_transaction.down.sql").write_text(
+    (sql_copy / "901_drill_no_transaction.down.sql").write_text(
         "-- migrate:no-transaction\nALTER TABLE customers DROP COLUMN IF EXISTS drill_note;\n"
         "DROP INDEX CONCURRENTLY IF EXISTS customers_drill_idx;\n")
     stack = new_stack(migrations_program(sql_copy, owner_role_db))
@@ -262,18 +264,18 @@ def test_migration_failing_half_way_without_transaction_keeps_what_ran_and_up_co
     with pytest.raises(auto.errors.CommandError) as failure:
         stack.up(color="never")
     message = str(failure.value)
-    assert "009_drill_no_transaction.sql, line 5" in message
+    assert "901_drill_no_transaction.sql, line 5" in message
     assert "ALTER TABLE customers ADD COLUMN IF NOT EXISTS drill_note no_such_type" in message
     assert 'type "no_such_type" does not exist' in message
     assert "1 statement(s) before it already ran and stay applied (starting at line(s) 3)" in message
-    assert set(recorded(owner_role_db)) == {f"{n:03d}" for n in range(1, 9)}  # earlier files kept
+    assert set(recorded(owner_role_db)) == shipped  # earlier files kept
     with psycopg.connect(dsn(owner_role_db)) as conn:
         assert conn.execute("SELECT to_regclass('customers_drill_idx') IS NOT NULL").fetchone() == (True,)
 
     broken.write_text(good)
     result = stack.up(color="never")
     assert result.summary.resource_changes.get("create") == 1
-    assert set(recorded(owner_role_db)) == {f"{n:03d}" for n in range(1, 10)}
+    assert set(recorded(owner_role_db)) == shipped | {"901"}
     with psycopg.connect(dsn(owner_role_db)) as conn:
         assert conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'customers' "
                             "AND column_name = 'drill_note'").fetchone() == (1,)
@@ -462,15 +464,15 @@ def test_container_faults_data_safety_and_cleanup_under_load(new_stack, sql_copy
 
         # -- the container stopped: in the middle of `up` the running migration fails; the next `up`
         #    (and preview) stops before anything, saying how to start it; then `up` converges.
-        (sql_copy / "011_drill_slow_again.sql").write_text("SELECT pg_sleep(5);\n")
-        (sql_copy / "011_drill_slow_again.down.sql").write_text("SELECT 1;\n")
+        (sql_copy / "903_drill_slow_again.sql").write_text("SELECT pg_sleep(5);\n")
+        (sql_copy / "903_drill_slow_again.down.sql").write_text("SELECT 1;\n")
         error = interrupt_slow_migration(stack, container, database, ["stop", "-t", "1", container])
-        assert "011_drill_slow_again.sql" in error, error[-3000:]
+        assert "903_drill_slow_again.sql" in error, error[-3000:]
         preview_fails_keeping(stack, f"{container} exists but is exited", f"docker start {container}")
         docker("start", container)
         wait_healthy(container)
         stack.up(color="never")
-        assert "011" in {r[0] for r in psycopg.connect(owner).execute("SELECT version FROM schema_migrations")}
+        assert "903" in {r[0] for r in psycopg.connect(owner).execute("SELECT version FROM schema_migrations")}
 
         # -- data safety on a stack other than dev (protectData defaults to true)
         user = seed(app)
