@@ -149,6 +149,10 @@ def _migration_lines(review: MigrationReview) -> list[str]:
     return [*lines, ""]
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _verdict(migrations: list[MigrationReview], others: list[Change], errors: list[str]) -> str:
     if errors:
         return f"❌ The preview failed: {errors[0][:300]}"
@@ -161,21 +165,21 @@ def _verdict(migrations: list[MigrationReview], others: list[Change], errors: li
         return "✅ No changes."
     parts = []
     if running:
-        parts.append(f"{len(running)} migration{'s' if len(running) != 1 else ''} will run")
+        parts.append(f"{_count(len(running), 'migration')} will run")
     if reverted:
         parts.append(f"{len(reverted)} will be REVERTED")
     if others:
-        parts.append(f"{len(others)} other resource change{'s' if len(others) != 1 else ''}")
+        parts.append(_count(len(others), "other resource change"))
     summary = ", ".join(parts)
     risks = []
     if destructive:
-        risks.append(f"{destructive} destructive statement{'s' if destructive != 1 else ''}")
+        risks.append(_count(destructive, "destructive statement"))
     if blocking:
-        risks.append(f"{blocking} blocking statement{'s' if blocking != 1 else ''}")
+        risks.append(_count(blocking, "blocking statement"))
     if reverted:
         risks.append("a down script runs")
     if lost:
-        risks.append(f"{len(lost)} resource{'s' if len(lost) != 1 else ''} replaced or deleted")
+        risks.append(f"{_count(len(lost), 'resource')} replaced or deleted")
     if risks:
         return f"⚠️ Review needed: {summary}; " + ", ".join(risks) + "."
     return f"✅ {summary}; nothing destructive or blocking found."

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_docker as docker
 
+from infra.docker_cli import DOCKER_TIMEOUT, run_docker
 from infra.dynamic.data_volume import DataVolumeCheck
 from infra.preflight import PreflightError
 
@@ -20,7 +21,6 @@ PASSWORD_FILE = "/etc/postgresql-secrets/superuser-password"
 # The data directory on the volume, the migrations and pg_cron's build are PostgreSQL 15: another
 # minor of 15 is a container replacement, another major needs a data upgrade first.
 PG_MAJOR = "15"
-DOCKER_TIMEOUT = 30  # seconds for each docker command of the preflight
 
 
 def server_command(cron_database: str) -> list[str]:
@@ -143,9 +143,8 @@ def container_name(name: str, stack: str) -> str:
 
 
 def _docker(docker_host: str | None, *args: str) -> subprocess.CompletedProcess[str]:
-    command = ["docker", *(["--host", docker_host] if docker_host else []), *args]
     try:
-        return subprocess.run(command, capture_output=True, text=True, timeout=DOCKER_TIMEOUT, check=False)
+        return run_docker(docker_host, *args)
     except FileNotFoundError as exc:
         raise PreflightError(
             "The docker command is not installed: container mode needs the Docker engine and its CLI "

@@ -15,9 +15,8 @@ from typing import Any, ClassVar
 import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, ReadResult, Resource, UpdateResult
 
+from infra.docker_cli import run_docker
 from infra.dynamic.base import DiffingProvider
-
-DOCKER_TIMEOUT = 30
 
 
 class DataVolumeGone(Exception):
@@ -27,9 +26,8 @@ class DataVolumeGone(Exception):
 def volume_missing(volume: str, docker_host: str | None) -> bool:
     """True only when the engine answers that the volume does not exist; an engine that does not
     answer is the container preflight's to report (infra/components/server.py)."""
-    command = ["docker", *(["--host", docker_host] if docker_host else []), "volume", "inspect", volume]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=DOCKER_TIMEOUT, check=False)
+        done = run_docker(docker_host, "volume", "inspect", volume)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode != 0 and "no such volume" in done.stderr.lower()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from devsupport.versions import pulumi_bin_dir, toolchain_pins
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,13 +45,11 @@ def test_a_warm_run_only_checks_and_labels_each_binary_truthfully() -> None:
     for name in ("random", "postgresql", "docker"):
         assert f"Provider plugin {name}" in done.stdout
     assert done.stdout.count("cached and installed (sources ") == 3
-    pins = dict(line.split("=", 1) for line in (REPO / "bootstrap" / "versions.env").read_text().splitlines()
-                if "=" in line and not line.startswith("#"))
+    pins = toolchain_pins()
     home = Path(os.environ.get("PULUMI_HOME") or Path.home() / ".pulumi")
     for name in ("random", "postgresql", "docker"):
         version = pins[f"PULUMI_{name.upper()}_VERSION"]
         assert (home / "plugins" / f"resource-{name}-v{version}" / f"pulumi-resource-{name}").is_file()
-    status = (Path(os.environ.get("CUSTOMER_INSIGHTS_CACHE") or Path.home() / ".cache" / "customer-insights-pg")
-              / "toolchain-status").read_text()
+    status = (pulumi_bin_dir().parents[1] / "toolchain-status").read_text()  # <cache>/pulumi-vX/bin
     language_host = f"v{pins['PULUMI_LANGUAGE_PYTHON_SOURCE_VERSION']}+sdk{pins['PULUMI_CLI_VERSION']}"
     assert f"language-host\tok\t{language_host}" in status

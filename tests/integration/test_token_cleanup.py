@@ -76,6 +76,18 @@ def runs(conn: psycopg.Connection) -> list[dict[str, Any]]:
     return cur.execute("SELECT * FROM refresh_token_cleanup_runs ORDER BY id").fetchall()
 
 
+def capture_plans(conn: psycopg.Connection) -> list[str]:
+    """auto_explain sends every plan this session runs (nested ones too, with buffers) to the list returned."""
+    plans: list[str] = []
+    conn.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
+    conn.execute("LOAD 'auto_explain'")
+    for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_analyze = on",
+                    "log_buffers = on", "log_timing = off"):
+        conn.execute(f"SET auto_explain.{setting}")
+    conn.execute("SET client_min_messages = log")
+    return plans
+
+
 def test_deletes_all_expired_tokens_in_bounded_batches(conn: psycopg.Connection, user_id: uuid.UUID) -> None:
     add_tokens(conn, user_id, 12_345, datetime.now(UTC) - timedelta(days=2))
     add_tokens(conn, user_id, 500, datetime.now(UTC) + timedelta(days=1))
@@ -232,13 +244,7 @@ def test_uses_the_expires_at_index_and_never_rewalks_deleted_entries(conn: psyco
     add_tokens(conn, user_id, 20_000, datetime.now(UTC) - timedelta(days=2), step=timedelta(seconds=5))
     add_tokens(conn, user_id, 20_000, datetime.now(UTC) + timedelta(hours=1), step=timedelta(seconds=5))
     conn.execute("VACUUM ANALYZE refresh_tokens")
-    plans: list[str] = []
-    conn.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
-    conn.execute("LOAD 'auto_explain'")
-    for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_analyze = on",
-                    "log_buffers = on", "log_timing = off"):
-        conn.execute(f"SET auto_explain.{setting}")
-    conn.execute("SET client_min_messages = log")
+    plans = capture_plans(conn)
 
     assert cleanup(conn, batch_size=1000) == (20_000, 20)
 
@@ -428,13 +434,7 @@ def test_heap_order_batches_are_tid_range_scans_of_their_pages(conn: psycopg.Con
                                                                user_id: uuid.UUID) -> None:
     """Each heap-order batch reads its own page range once (no index, no other page)."""
     scattered_tokens(conn, user_id, total=20_000, expired=10_000)
-    plans: list[str] = []
-    conn.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
-    conn.execute("LOAD 'auto_explain'")
-    for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_analyze = on",
-                    "log_buffers = on", "log_timing = off"):
-        conn.execute(f"SET auto_explain.{setting}")
-    conn.execute("SET client_min_messages = log")
+    plans = capture_plans(conn)
 
     rows_deleted, _ = cleanup(conn, batch_size=1000)
     conn.execute("RESET client_min_messages")
