@@ -191,17 +191,20 @@ def check_container_host(
             f"{PG_MAJOR} server), bring up a new stack on the new image and restore into it, or run "
             "pg_upgrade on a copy of the volume. Nothing was changed."
         )
-    _check_container_running(docker_host, container)
-    _check_port_free(docker_host, bind_address, host_port, container)
+    # This stack's own container, if there is one: its state and the ports it publishes (one inspect).
+    own = _docker(docker_host, "container", "inspect", "--format",
+                  "{{.State.Status}} {{json .HostConfig.PortBindings}}", container)
+    status, _, port_bindings = own.stdout.strip().partition(" ") if own.returncode == 0 else ("", "", "")
+    _check_container_running(container, status)
+    _check_port_free(bind_address, host_port, port_bindings)
     return major
 
 
-def _check_container_running(docker_host: str | None, container: str) -> None:
+def _check_container_running(container: str, status: str) -> None:
     """A stopped server is invisible to `pulumi up` (it compares with its state, not with Docker): the
-    migrations would report "unchanged" against a server that is down. Say so instead."""
-    state = _docker(docker_host, "container", "inspect", "--format", "{{.State.Status}}", container)
-    status = state.stdout.strip()
-    if state.returncode == 0 and status != "running":
+    migrations would report "unchanged" against a server that is down. Say so instead.
+    `status`: the container's state, "" when it does not exist."""
+    if status and status != "running":
         raise PreflightError(
             f"The server container {container} exists but is {status}, not running. Start it with "
             f"`docker start {container}` (its data is on its volume), wait until `docker ps` shows it "
@@ -226,7 +229,8 @@ def _image_major(docker_host: str | None, image: str, env: list[str]) -> str:
     return found.group(1)
 
 
-def _check_port_free(docker_host: str | None, bind_address: str, host_port: int, container: str) -> None:
+def _check_port_free(bind_address: str, host_port: int, own_port_bindings: str) -> None:
+    """`own_port_bindings`: the JSON of this stack's container's port bindings, "" without one."""
     family = socket.AF_INET6 if ":" in bind_address else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         # Connections closed a moment ago (TIME_WAIT) do not hold the port; only a listener does.
@@ -237,9 +241,7 @@ def _check_port_free(docker_host: str | None, bind_address: str, host_port: int,
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 return  # not ours to judge (e.g. the address is on the engine's host only)
-    published = _docker(docker_host, "container", "inspect", "--format", "{{json .HostConfig.PortBindings}}",
-                        container)
-    if published.returncode == 0 and f'"HostPort":"{host_port}"' in published.stdout.replace(" ", ""):
+    if f'"HostPort":"{host_port}"' in own_port_bindings.replace(" ", ""):
         return  # this stack's own server holds it
     raise PreflightError(
         f"hostPort {host_port} on {bind_address} is already in use by another program or container "
