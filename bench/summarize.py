@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Markdown tables from bench/results/*.json (the figures in bench/README.md).
+"""Markdown tables from cleanup benchmark results (bench/results/cleanup.md is made with it).
 
-    python bench/summarize.py bench/results/cleanup_1000000.json [...]
+    python bench/summarize.py bench/results/raw/cleanup_1000000.json [...]
 """
 
 from __future__ import annotations
