@@ -131,7 +131,7 @@ def local_container(
     """A PostgreSQL container of `image` (the official `postgres` image's contract), published on
     127.0.0.1 on a port Docker picks, with a random superuser password; yields once a login works,
     and removes the container when the block ends (also after an error)."""
-    say = log or _noop
+    say = log if log is not None else _noop
     password = secrets.token_hex(24)
     name = f"rehearsal-{secrets.token_hex(6)}"
     # The password reaches docker through its environment (`-e NAME` without a value), never argv.
@@ -208,7 +208,7 @@ def sweep_leftovers(
 ) -> list[str]:
     """Drop the scratch databases (named `rehearsal_<epoch>_<hex>`) made more than `older_than`
     seconds ago: a killed process leaves them behind. Returns the names dropped."""
-    say = log or _noop
+    say = log if log is not None else _noop
     dropped = []
     with _connect(server.admin_conninfo()) as conn:
         names = [r[0] for r in conn.execute(
@@ -246,7 +246,7 @@ def scratch_database(
     `pg_dump --schema-only` (read-only session) and restored, the roles owning or granted its
     objects created NOLOGIN where missing. None: an empty database owned by `owner`. Either way
     `owner` and `roles` exist afterwards (created NOLOGIN where missing)."""
-    say = log or _noop
+    say = log if log is not None else _noop
     hidden = [*server.secrets(), *([schema_from] if schema_from else [])]
     try:
         sweep_leftovers(server, log=say)
