@@ -80,6 +80,7 @@ class LockTaken:
     relation: str  # schema.name
     kind: str  # "table", "index", ...
     on_target: bool  # the relation exists on the target (not created by an earlier pending file)
+    held_since: int | None = None  # taken by the statement at this line of the same transaction, still held
 
 
 @dataclass(frozen=True)
@@ -176,8 +177,14 @@ class StatementTrace:
     @property
     def blocking(self) -> bool:
         """Holds a lock that stops writes to (or reads of) an existing table, or rewrites one."""
+        held: dict[str, int] = {}  # relation -> the strongest lock held before this statement
+        for lock in self.locks:
+            if lock.held_since is not None:
+                held[lock.relation] = max(held.get(lock.relation, -1), _STRENGTH[lock.mode])
         return any(
-            lock.on_target and lock.mode in BLOCKING_MODES and lock.kind in _TABLE_KINDS for lock in self.locks
+            lock.on_target and lock.mode in BLOCKING_MODES and lock.kind in _TABLE_KINDS and lock.held_since is None
+            and _STRENGTH[lock.mode] > held.get(lock.relation, -1)
+            for lock in self.locks
         ) or any(r.on_target for r in self.rewrites)
 
     @property
@@ -226,7 +233,8 @@ class StatementTrace:
         texts = []
         for lock in sorted(strongest.values(), key=lambda lk: (-_STRENGTH[lk.mode], lk.relation)):
             where = self._size_text(lock.relation) if lock.on_target else " (new: created by a pending file)"
-            texts.append(f"{lock.mode} on {lock.relation}{where}")
+            since = f" (held since line {lock.held_since})" if lock.held_since is not None else ""
+            texts.append(f"{lock.mode} on {lock.relation}{where}{since}")
         for mode, n in sorted(indexes.items(), key=lambda kv: -_STRENGTH[kv[0]]):
             texts.append(f"{mode} on {n} index{'es' if n > 1 else ''}")
         return ", ".join(texts)
@@ -658,7 +666,7 @@ class _Rehearser:
         before_file: set[int], traces: list[StatementTrace],
     ) -> StatementFailure | None:
         conn.execute("BEGIN")
-        held: set[tuple[int, str]] = set()
+        held: dict[tuple[int, str], int] = {}
         for st in statements:
             trace, catalog = self._statement(conn, m, st, catalog, before_file, held)
             traces.append(trace)
@@ -677,17 +685,17 @@ class _Rehearser:
         before_file: set[int], traces: list[StatementTrace],
     ) -> StatementFailure | None:
         in_file_transaction = False  # the file's own BEGIN ... COMMIT
-        held: set[tuple[int, str]] = set()
+        held: dict[tuple[int, str], int] = {}
         for st in statements:
             control = transaction_control(st)
             if control is not None or in_file_transaction:
                 if control in ("BEGIN", "START TRANSACTION"):
-                    in_file_transaction, held = True, set()
+                    in_file_transaction, held = True, {}
                 elif control is not None:
                     in_file_transaction = False
                 trace, catalog = self._statement(conn, m, st, catalog, before_file, held)
             else:
-                held = set()
+                held = {}
                 conn.execute("BEGIN")
                 trace, catalog = self._statement(conn, m, st, catalog, before_file, held)
                 if trace.error is not None and trace.error.sqlstate == "25001":
@@ -717,7 +725,7 @@ class _Rehearser:
 
     def _statement(
         self, conn: psycopg.Connection[Any], m: MigrationFile, st: Statement, before: _Catalog,
-        before_file: set[int], held: set[tuple[int, str]],
+        before_file: set[int], held: dict[tuple[int, str], int],
     ) -> tuple[StatementTrace, _Catalog]:
         started = time.monotonic()
         try:
@@ -729,11 +737,14 @@ class _Rehearser:
             held.clear()
             return StatementTrace(st.line, _summary(st), scratch_ms=elapsed), _read_catalog(conn)
         locks = _held_locks(conn)
-        new_locks = locks - held
-        held |= locks
+        new_locks = locks - held.keys()
+        earlier = dict(held)
+        held.update(dict.fromkeys(new_locks, st.line))
         after = _read_catalog(conn)
         settings = _settings(conn)
-        trace = self._trace(conn, m, st, before, after, before_file, new_locks, settings, elapsed, autocommit=False)
+        trace = self._trace(
+            conn, m, st, before, after, before_file, new_locks, settings, elapsed, autocommit=False, earlier=earlier
+        )
         return trace, after
 
     def _outside_transaction(
@@ -785,7 +796,7 @@ class _Rehearser:
     def _trace(
         self, conn: psycopg.Connection[Any], m: MigrationFile, st: Statement, before: _Catalog, after: _Catalog,
         before_file: set[int], new_locks: set[tuple[int, str]], settings: tuple[str, str, str], elapsed: float,
-        *, autocommit: bool,
+        *, autocommit: bool, earlier: dict[tuple[int, str], int] | None = None,
     ) -> StatementTrace:
         lock_timeout, statement_timeout, search_path = settings
         known = {**before.relations, **{o: r for o, r in after.relations.items() if o in before_file}}
@@ -878,6 +889,7 @@ class _Rehearser:
         for oid, mode in new_locks:
             if mode == "ROW EXCLUSIVE" and oid in self.baseline:
                 self.written.setdefault(oid, f"{m.filename} line {st.line}")
+        locks.extend(self._still_held(earlier or {}, locks, rewrites, scans, known, before_file))
         sizes = self._sizes(locks, rewrites, scans)
         estimate, basis = self._estimate(rewrites, scans, sizes, elapsed)
         return StatementTrace(
@@ -885,6 +897,28 @@ class _Rehearser:
             lock_timeout=lock_timeout, statement_timeout=statement_timeout, sizes=sizes, checks=checks,
             scratch_ms=round(elapsed, 3), estimate_ms=estimate, estimate_basis=basis, autocommit=autocommit,
         )
+
+    def _still_held(
+        self, earlier: dict[tuple[int, str], int], locks: list[LockTaken], rewrites: list[Rewrite],
+        scans: list[ValidationScan], known: dict[int, _Relation], before_file: set[int],
+    ) -> list[LockTaken]:
+        """The stronger locks an earlier statement of the transaction took on the relations this one
+        locks, rewrites or scans: it needs them too, and holds them already."""
+        touched = {lk.relation for lk in locks} | {r.relation for r in rewrites} | {s.relation for s in scans}
+        strongest: dict[str, int] = {}
+        for lk in locks:
+            strongest[lk.relation] = max(strongest.get(lk.relation, -1), _STRENGTH.get(lk.mode, 0))
+        found: dict[str, LockTaken] = {}
+        for (oid, mode), line in sorted(earlier.items(), key=lambda kv: kv[1]):
+            rel = known.get(oid)
+            if rel is None or oid not in before_file or rel.qualified not in touched:
+                continue
+            if _STRENGTH.get(mode, 0) <= strongest.get(rel.qualified, -1):
+                continue
+            current = found.get(rel.qualified)
+            if current is None or _STRENGTH[mode] > _STRENGTH[current.mode]:
+                found[rel.qualified] = LockTaken(mode, rel.qualified, rel.kind, oid in self.baseline, line)
+        return list(found.values())
 
     # ------------------------------------------------------------------ checks derived from the catalog
 

@@ -298,6 +298,28 @@ def test_a_rewriting_type_change_reports_the_rewrite_and_an_estimate(local_postg
     assert "REWRITES public.customers" in st.human()
 
 
+def test_a_lock_held_since_an_earlier_statement_is_shown_once_as_blocking(local_postgres, target, tmp_path) -> None:
+    migrations = pending(tmp_path, {
+        "010_two.sql": (
+            "ALTER TABLE customers ADD COLUMN notes text NOT NULL DEFAULT '';\n"
+            "CREATE UNIQUE INDEX customers_external_id_key ON customers (external_id);\n"
+        ),
+    })
+    result = run(local_postgres, target, migrations)
+
+    first, second = result.migrations[0].statements
+    assert [(lk.mode, lk.held_since) for lk in first.locks if lk.relation == "public.customers"] == [
+        ("ACCESS EXCLUSIVE", None)
+    ]
+    assert [(lk.mode, lk.held_since) for lk in second.locks if lk.relation == "public.customers"] == [
+        ("SHARE", None), ("ACCESS EXCLUSIVE", 1)  # the index build's own lock, and the stronger one it holds
+    ]
+    assert "ACCESS EXCLUSIVE on public.customers (3,000 rows" in second.human()
+    assert "(held since line 1)" in second.human()
+    assert [(c.check, c.status) for c in second.checks] == [("unique", "passed")]
+    assert first.blocking and not second.blocking and result.blocking_statements == 1
+
+
 def test_truncate_is_reported_as_such(local_postgres, target, tmp_path) -> None:
     migrations = pending(tmp_path, {"010_truncate.sql": "TRUNCATE refresh_token_cleanup_runs;\n"})
     result = run(local_postgres, target, migrations)
