@@ -169,6 +169,7 @@ class StatementTrace:
     estimate_ms: float | None = None  # at the target's size; None when unknown
     estimate_basis: str = ""
     autocommit: bool = False  # ran outside a transaction block (CREATE INDEX CONCURRENTLY, ...)
+    created: tuple[str, ...] = ()  # tables, indexes, ... the statement created (schema.name)
 
     @property
     def failing(self) -> bool:
@@ -407,6 +408,12 @@ class Rehearsal:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
 
+def read_only_options(conninfo: str) -> str:
+    """The conninfo's own `options` with `default_transaction_read_only=on` added (it wins)."""
+    given = str(pg_conninfo.conninfo_to_dict(conninfo).get("options") or "")
+    return f"{given} -c default_transaction_read_only=on".strip()
+
+
 def _bytes(n: int | None) -> str:
     if n is None:
         return "size unknown"
@@ -446,8 +453,7 @@ class _TargetReader:
             params["connect_timeout"] = CONNECT_TIMEOUT
         try:
             self.conn = psycopg.connect(
-                conninfo, autocommit=True, prepare_threshold=None,
-                options="-c default_transaction_read_only=on", **params,
+                conninfo, autocommit=True, prepare_threshold=None, options=read_only_options(conninfo), **params
             )
         except psycopg.Error as e:
             self.note = f"cannot connect to the target: {_scrub(str(e).strip(), conninfo)}"
@@ -892,8 +898,10 @@ class _Rehearser:
         locks.extend(self._still_held(earlier or {}, locks, rewrites, scans, known, before_file))
         sizes = self._sizes(locks, rewrites, scans)
         estimate, basis = self._estimate(rewrites, scans, sizes, elapsed)
+        created = tuple(sorted(r.qualified for o, r in after.relations.items() if o not in before.relations))
         return StatementTrace(
-            line=st.line, summary=_summary(st), locks=tuple(locks), rewrites=tuple(rewrites), scans=tuple(scans),
+            line=st.line, summary=_summary(st), created=created, locks=tuple(locks), rewrites=tuple(rewrites),
+            scans=tuple(scans),
             lock_timeout=lock_timeout, statement_timeout=statement_timeout, sizes=sizes, checks=checks,
             scratch_ms=round(elapsed, 3), estimate_ms=estimate, estimate_basis=basis, autocommit=autocommit,
         )

@@ -310,7 +310,8 @@ _ATTRIBUTES = (
 def _target_roles(target: str, extra: Sequence[str]) -> list[_Role]:
     """The roles that own, or are granted, objects of the target database (pg_shdepend), its owner
     and `extra`, with their attributes and their memberships among themselves and predefined roles."""
-    with _connect(target, options="-c default_transaction_read_only=on") as conn, conn.transaction():
+    options = f"{pg_conninfo.conninfo_to_dict(target).get('options') or ''} -c default_transaction_read_only=on"
+    with _connect(target, options=options.strip()) as conn, conn.transaction():
         conn.execute("SET TRANSACTION READ ONLY")
         conn.execute("SET LOCAL statement_timeout = 10000")
         names = [r[0] for r in conn.execute(
@@ -439,7 +440,7 @@ def _copy_schema(target: str, scratch: str, say: Log, timeout: float, lock_wait_
         dump = os.path.join(tmp, "schema.dump")
         source, env = _libpq_env(target)
         # The whole session is read-only; pg_dump itself only reads, under ACCESS SHARE locks.
-        env["PGOPTIONS"] = "-c default_transaction_read_only=on"
+        env["PGOPTIONS"] = f"{os.environ.get('PGOPTIONS', '')} -c default_transaction_read_only=on".strip()
         env["PGAPPNAME"] = "migration-rehearsal-dump"
         started = time.monotonic()
         _run_client(
