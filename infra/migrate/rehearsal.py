@@ -32,8 +32,8 @@ import psycopg
 from psycopg import conninfo as pg_conninfo
 from psycopg import sql
 
-from .errors import MigrationFileError, excerpt
-from .files import MigrationFile, validate_script
+from .errors import MigrationFailedError, MigrationFileError, MigrationsError, excerpt
+from .files import NO_TRANSACTION_MARKER, MigrationFile, validate_script
 from .scratch import _scrub
 from .session import StatementLimits, session_setup
 from .statements import Statement, transaction_control
@@ -65,6 +65,16 @@ RELKINDS = {
     "v": "view", "m": "materialized view", "f": "foreign table", "c": "composite type", "t": "TOAST table",
 }
 _TABLE_KINDS = frozenset({"table", "partitioned table", "materialized view"})
+
+
+NOT_IN_TRANSACTION_HINT = (
+    f"this statement cannot run inside a transaction: put `{NO_TRANSACTION_MARKER}` in the file's "
+    "header (its leading comment lines) so its statements run one by one, in autocommit"
+)
+
+
+class RehearsalError(MigrationsError):
+    """The rehearsal itself could not run (not a migration's failure: that is reported in the result)."""
 
 
 def _noop(_: str) -> None:
@@ -151,6 +161,16 @@ class StatementFailure:
         where = f"{self.filename}, line {self.line}" if self.line else self.filename
         state = f" (SQLSTATE {self.sqlstate})" if self.sqlstate else ""
         return f"{where}: {self.message}{state}"
+
+    def to_error(self) -> MigrationsError:
+        """The error `up` would raise, worded as up words it (a MigrationFailedError, or for a file
+        the runner refuses before running it, a MigrationFileError)."""
+        if self.line is None:
+            return MigrationFileError(self.message)
+        return MigrationFailedError(
+            self.filename, self.statement, self.line, self.message, self.sqlstate,
+            pg_detail=self.detail, pg_hint=self.hint,
+        )
 
 
 @dataclass(frozen=True)
@@ -674,7 +694,7 @@ class _Rehearser:
         conn.execute("BEGIN")
         held: dict[tuple[int, str], int] = {}
         for st in statements:
-            trace, catalog = self._statement(conn, m, st, catalog, before_file, held)
+            trace, catalog = self._statement(conn, m, st, catalog, before_file, held, transactional=True)
             traces.append(trace)
             if trace.error is not None:
                 conn.execute("ROLLBACK")
@@ -731,13 +751,14 @@ class _Rehearser:
 
     def _statement(
         self, conn: psycopg.Connection[Any], m: MigrationFile, st: Statement, before: _Catalog,
-        before_file: set[int], held: dict[tuple[int, str], int],
+        before_file: set[int], held: dict[tuple[int, str], int], *, transactional: bool = False,
     ) -> tuple[StatementTrace, _Catalog]:
         started = time.monotonic()
         try:
             conn.execute(cast(LiteralString, st.text))  # a migration file of the repository, run as written
         except psycopg.Error as e:
-            return StatementTrace(st.line, _summary(st), error=_failure(m.filename, st, e)), before
+            failure = _failure(m.filename, st, e, transactional=transactional)
+            return StatementTrace(st.line, _summary(st), error=failure), before
         elapsed = (time.monotonic() - started) * 1000
         if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:  # COMMIT/ROLLBACK of the file
             held.clear()
@@ -1109,8 +1130,11 @@ def _summary(st: Statement) -> str:
     return excerpt(st.text.rstrip().rstrip(";"), 80)
 
 
-def _failure(filename: str, st: Statement, e: psycopg.Error) -> StatementFailure:
+def _failure(filename: str, st: Statement, e: psycopg.Error, *, transactional: bool = False) -> StatementFailure:
     diag = e.diag
+    hint = diag.message_hint
+    if e.sqlstate == "25001" and transactional:  # as up words it
+        hint = f"{hint}; {NOT_IN_TRANSACTION_HINT}" if hint else NOT_IN_TRANSACTION_HINT
     return StatementFailure(
         filename=filename,
         line=st.line_at(diag.statement_position),
@@ -1118,7 +1142,7 @@ def _failure(filename: str, st: Statement, e: psycopg.Error) -> StatementFailure
         sqlstate=e.sqlstate,
         message=diag.message_primary or str(e).strip() or type(e).__name__,
         detail=diag.message_detail,
-        hint=diag.message_hint,
+        hint=hint,
     )
 
 
@@ -1223,6 +1247,11 @@ def rehearse(
             if trace.failing:
                 failed = m.filename
         return Rehearsal(tuple(traces), calibration, rehearser.reader is not None, note)
+    except psycopg.Error as e:  # outside a migration's statements: the scratch session itself failed
+        raise RehearsalError(
+            f"the rehearsal failed on the scratch database ({scratch_description}): "
+            f"{_scrub(str(e).strip(), scratch, *([target] if target else []))}"
+        ) from e
     finally:
         if reader is not None:
             reader.close()

@@ -20,8 +20,8 @@ import pytest
 from psycopg import sql
 
 from devsupport.local_postgres import LocalPostgres
-from infra.migrate import MigrationFile, Migrator, load_migrations
-from infra.migrate.rehearsal import Rehearsal, rehearse
+from infra.migrate import MigrationFailedError, MigrationFile, Migrator, load_migrations
+from infra.migrate.rehearsal import Rehearsal, RehearsalError, rehearse
 from infra.migrate.scratch import (
     ScratchError,
     existing_server,
@@ -380,6 +380,9 @@ def test_syntax_error_and_missing_table_fail_with_file_and_line(local_postgres, 
     assert "syntax error" in error.message
     assert "010_broken.sql, line 4: syntax error" in error.describe()
     assert "FAILS: syntax error" in result.migrations[0].statements[-1].human()
+    up_error = error.to_error()
+    assert isinstance(up_error, MigrationFailedError)
+    assert str(up_error).startswith("010_broken.sql, line 4: syntax error")
 
     missing = pending(tmp_path / "b", {
         "010_missing.sql": "-- header\n\nALTER TABLE no_such_table ADD COLUMN x int;\n",
@@ -401,6 +404,29 @@ def test_a_privilege_the_owner_lacks_fails_as_in_up(local_postgres, target, tmp_
     assert error is not None and error.sqlstate == "42501"
     roles = "SELECT 1 FROM pg_roles WHERE rolname = 'rehearsal_should_not_exist'"
     assert not query(local_postgres.address.dsn(), roles)
+
+
+def test_concurrently_in_a_transactional_file_fails_naming_the_marker(local_postgres, target, tmp_path) -> None:
+    migrations = pending(tmp_path, {
+        "010_index.sql": "CREATE INDEX CONCURRENTLY customers_segment_email_idx ON customers (segment, email);\n",
+    })
+    result = run(local_postgres, target, migrations)
+
+    error = result.migrations[0].error
+    assert error is not None and (error.sqlstate, error.line) == ("25001", 1)
+    assert "-- migrate:no-transaction" in (error.hint or "")
+
+
+def test_an_owner_role_missing_on_the_scratch_copy_is_a_rehearsal_error(local_postgres, target, tmp_path) -> None:
+    server = existing_server(local_postgres.address.dsn())
+    with scratch_database(server, schema_from=target.dsn, owner=target.owner) as scratch, pytest.raises(
+        RehearsalError, match="the rehearsal failed on the scratch database"
+    ) as raised:
+        rehearse(
+            pending(tmp_path, {"010_a.sql": "SELECT 1;\n"}), scratch=scratch, run_as="rh_no_such_role",
+            target=target.dsn, limits=StatementLimits(),
+        )
+    assert local_postgres.password not in str(raised.value)
 
 
 # ---------------------------------------------------------------------------------------------- the target is only read

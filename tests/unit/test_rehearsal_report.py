@@ -4,6 +4,10 @@ JSON line; and the scratch copy's pure parts (which dump entries are pg_cron's, 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
+
+import pytest
 
 from infra.migrate.rehearsal import (
     Calibration,
@@ -17,7 +21,7 @@ from infra.migrate.rehearsal import (
     StatementTrace,
     read_only_options,
 )
-from infra.migrate.scratch import _is_pg_cron_entry, _scrub, existing_server
+from infra.migrate.scratch import ScratchError, _is_pg_cron_entry, _run_client, _scrub, existing_server
 
 SIZE = RelationSize("public.customers", "table", 18 << 20, 30 << 20, 120_000, "estimate")
 
@@ -115,3 +119,20 @@ def test_the_read_session_keeps_the_conninfo_options_and_adds_read_only() -> Non
         "-c search_path=app -c default_transaction_read_only=on"
     )
     assert read_only_options("host=db") == "-c default_transaction_read_only=on"
+
+
+def test_a_pg_dump_older_than_the_server_names_the_fix(tmp_path: Path) -> None:
+    fake = tmp_path / "pg_dump"  # prints what pg_dump 15 prints against a 16 server
+    fake.write_text(
+        "#!/bin/sh\necho 'pg_dump: error: aborting because of server version mismatch' >&2\n"
+        "echo 'pg_dump: detail: server version: 16.4; pg_dump version: 15.18' >&2\n"
+        "echo \"password=$PGPASSWORD\" >&2\nexit 1\n"
+    )
+    fake.chmod(0o755)
+    env = {**os.environ, "PGPASSWORD": "p4ss-w0rd"}
+    with pytest.raises(ScratchError) as raised:
+        _run_client([str(fake)], env, 10, "pg_dump of the target's schema", [])
+    message = str(raised.value)
+    assert "server version mismatch" in message and "server version: 16.4" in message
+    assert "older than the target server" in message and "postgresql-client-NN" in message
+    assert "p4ss-w0rd" not in message
