@@ -132,11 +132,13 @@ def local_container(
     127.0.0.1 on a port Docker picks, with a random superuser password; yields once a login works,
     and removes the container when the block ends (also after an error)."""
     say = log if log is not None else _noop
+    sweep_containers(log=say)
     password = secrets.token_hex(24)
-    name = f"rehearsal-{secrets.token_hex(6)}"
+    started = int(time.time())
+    name = f"rehearsal-{started}-{secrets.token_hex(4)}"
     # The password reaches docker through its environment (`-e NAME` without a value), never argv.
     run = _docker(
-        "run", "--rm", "-d", "--name", name, "--label", f"{CONTAINER_LABEL}=1",
+        "run", "--rm", "-d", "--name", name, "--label", f"{CONTAINER_LABEL}={started}",
         "-e", "POSTGRES_PASSWORD", "-p", "127.0.0.1::5432", image,
         env={"POSTGRES_PASSWORD": password}, timeout=120,
     )
@@ -162,6 +164,23 @@ def local_container(
             say(f"scratch server: could not remove container {name}: {_scrub(removed.stderr.strip(), password)}")
         else:
             say(f"scratch server: container {name} removed")
+
+
+def sweep_containers(*, log: Log | None = None, older_than: float = SWEEP_AGE_SECONDS) -> list[str]:
+    """Remove the scratch containers (labelled with their start time) started more than `older_than`
+    seconds ago: `--rm` does not stop a container whose process was killed. Returns their names."""
+    say = log if log is not None else _noop
+    listed = _docker("ps", "-a", "--filter", f"label={CONTAINER_LABEL}",
+                     "--format", f'{{{{.Names}}}} {{{{.Label "{CONTAINER_LABEL}"}}}}')
+    removed = []
+    for line in listed.stdout.splitlines():
+        name, _, started = line.strip().partition(" ")
+        if not started.isdigit() or time.time() - int(started) < older_than:
+            continue
+        if _docker("rm", "-f", "-v", name).returncode == 0:
+            say(f"scratch server: removed leftover container {name}")
+            removed.append(name)
+    return removed
 
 
 def _published_port(container: str) -> int:

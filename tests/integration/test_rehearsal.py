@@ -27,6 +27,7 @@ from infra.migrate.scratch import (
     existing_server,
     local_container,
     scratch_database,
+    sweep_containers,
     sweep_leftovers,
 )
 from infra.migrate.session import StatementLimits
@@ -645,3 +646,20 @@ def test_local_container_of_the_repository_image(local_postgres, target, tmp_pat
     assert ps.stdout.strip() == ""
     for line in log:
         assert local_postgres.password not in line and target.owner_password not in line
+
+
+def test_leftover_scratch_containers_older_than_an_hour_are_removed() -> None:
+    old = f"rehearsal-{int(time.time()) - 7200}-test"
+    started = subprocess.run(
+        ["docker", "run", "-d", "--rm", "--name", old, "--label", f"infra.migrate.scratch={int(time.time()) - 7200}",
+         IMAGE, "sleep", "300"],
+        capture_output=True, text=True, check=False,
+    )
+    assert started.returncode == 0, started.stderr
+    try:
+        assert old in sweep_containers()
+        ps = subprocess.run(["docker", "ps", "-a", "--filter", f"name={old}", "--format", "{{.Names}}"],
+                            capture_output=True, text=True, check=True)
+        assert ps.stdout.strip() == ""
+    finally:
+        subprocess.run(["docker", "rm", "-f", old], capture_output=True, check=False)
