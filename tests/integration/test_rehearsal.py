@@ -254,6 +254,26 @@ def test_a_check_that_times_out_is_unknown_not_passed(local_postgres, target, tm
     assert result.unknown_checks == 1 and result.failing_files == 0
 
 
+def test_a_new_not_null_column_fails_even_when_counting_the_rows_times_out(local_postgres, target, tmp_path) -> None:
+    big = f"rh_big_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(target.owner_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE TABLE {} AS SELECT g AS id FROM generate_series(1, 3000000) AS g").format(
+            sql.Identifier(big)))
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(big)))
+    try:
+        migrations = pending(tmp_path, {"010_big.sql": f"ALTER TABLE {big} ADD COLUMN notes text NOT NULL;\n"})
+        result = run(local_postgres, target, migrations, read_timeout_ms=20)
+
+        (check,) = result.migrations[0].statements[0].checks
+        assert check.status == "failed" and check.count is not None and check.count > 2_000_000
+        assert "counting gave up" in (check.reason or "") and "timed out" in (check.reason or "")
+        assert check.describe().startswith(f"FAILS: ~{check.count:,} rows in public.{big}")
+        assert not result.ok
+    finally:
+        with psycopg.connect(target.owner_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(big)))
+
+
 # ---------------------------------------------------------------------------------------------- rewrites, locks
 
 
