@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol
 import pulumi
 from croniter import croniter
 
-from infra.migrate import MigrationFile, MigrationFileError, load_migrations
+from infra.migrate import MigrationFile, MigrationFileError, StatementLimits, load_migrations
 
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 VERSION = re.compile(r"^[0-9]{3,}$")
@@ -99,6 +99,8 @@ class MigrationSettings:
     keep_data_on_destroy: bool
     # allowOutOfOrder: apply a pending file numbered below the highest applied version (refused by default).
     allow_out_of_order: bool = False
+    # migrationLockTimeout, migrationLockRetries, migrationLockRetryDelay, migrationStatementTimeout.
+    limits: StatementLimits = field(default_factory=StatementLimits)
 
 
 def migration_fixes(namespace: str) -> dict[str, str]:
@@ -111,6 +113,8 @@ def migration_fixes(namespace: str) -> dict[str, str]:
                               "(`pulumi config set allowOutOfOrder true`), run `pulumi up`, then remove it "
                               "(`pulumi config rm allowOutOfOrder`)",
         "keep_data": f"`{namespace}:keepDataOnDestroy` is true",
+        "lock_wait": f"allow a longer wait: raise `{namespace}:migrationLockTimeout` (ms per attempt) or "
+                     f"`{namespace}:migrationLockRetries` (see README, \"Failure drills\")",
     }
 
 
@@ -316,6 +320,7 @@ def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
         accept_checksums=frozenset(accept),
         keep_data_on_destroy=r.boolean("keepDataOnDestroy", False),
         allow_out_of_order=r.boolean("allowOutOfOrder", False),
+        limits=_statement_limits(r),
     )
 
     cleanup_job = CleanupJobSettings(
@@ -340,6 +345,34 @@ def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
         cleanup_job=cleanup_job,
         protect_data=protect_data,
         password_rotation=password_rotation,
+    )
+
+
+MAX_TIMEOUT_MS = 24 * 3600 * 1000
+
+
+def _statement_limits(r: _Reader) -> StatementLimits:
+    """The limits every migration statement runs under (see infra.migrate.session)."""
+    default = StatementLimits()
+    lock_timeout = r.integer(
+        "migrationLockTimeout", default.lock_timeout_ms or 0, 0, MAX_TIMEOUT_MS,
+        "milliseconds a migration statement may wait for a lock, e.g. 5000; 0 waits as long as it takes",
+    )
+    statement_timeout = (
+        None if r.source.get("migrationStatementTimeout") in (None, "") else r.integer(
+            "migrationStatementTimeout", 0, 0, MAX_TIMEOUT_MS,
+            "milliseconds a migration statement may run, e.g. 600000; 0 for no limit; "
+            "remove the key to keep the server's setting",
+        )
+    )
+    return StatementLimits(
+        lock_timeout_ms=lock_timeout,
+        statement_timeout_ms=statement_timeout,
+        lock_retries=r.integer("migrationLockRetries", default.lock_retries, 0, 100,
+                               "how often a migration blocked by a lock is tried again, 0 to 100"),
+        retry_delay_ms=r.integer("migrationLockRetryDelay", default.retry_delay_ms, 0, 600_000,
+                                 "milliseconds before the first retry (doubling each time), 0 to 600000"),
+        retry_delay_max_ms=default.retry_delay_max_ms,
     )
 
 
