@@ -354,6 +354,7 @@ MAX_TIMEOUT_MS = 24 * 3600 * 1000
 def _statement_limits(r: _Reader) -> StatementLimits:
     """The limits every migration statement runs under (see infra.migrate.session)."""
     default = StatementLimits()
+    problems_before = len(r.problems)
     lock_timeout = r.integer(
         "migrationLockTimeout", default.lock_timeout_ms or 0, 0, MAX_TIMEOUT_MS,
         "milliseconds a migration statement may wait for a lock, e.g. 5000; 0 waits as long as it takes",
@@ -365,15 +366,14 @@ def _statement_limits(r: _Reader) -> StatementLimits:
             "remove the key to keep the server's setting",
         )
     )
-    return StatementLimits(
-        lock_timeout_ms=lock_timeout,
-        statement_timeout_ms=statement_timeout,
-        lock_retries=r.integer("migrationLockRetries", default.lock_retries, 0, 100,
-                               "how often a migration blocked by a lock is tried again, 0 to 100"),
-        retry_delay_ms=r.integer("migrationLockRetryDelay", default.retry_delay_ms, 0, 600_000,
-                                 "milliseconds before the first retry (doubling each time), 0 to 600000"),
-        retry_delay_max_ms=default.retry_delay_max_ms,
-    )
+    retries = r.integer("migrationLockRetries", default.lock_retries, 0, 100,
+                        "how often a migration blocked by a lock is tried again, 0 to 100")
+    delay = r.integer("migrationLockRetryDelay", default.retry_delay_ms, 0, 600_000,
+                      "milliseconds before the first retry (doubling each time), 0 to 600000")
+    if len(r.problems) > problems_before:  # reported with the others; the limits are not used
+        return default
+    return StatementLimits(lock_timeout_ms=lock_timeout, statement_timeout_ms=statement_timeout,
+                           lock_retries=retries, retry_delay_ms=delay, retry_delay_max_ms=default.retry_delay_max_ms)
 
 
 ROTATION_KEYS = ("all", "owner", "app", "readonly", "cleanup")
