@@ -48,8 +48,10 @@ from infra.migrate import MigrationFile, Migrator, StatementLimits, checksum_of,
 
 VARIANTS: dict[str, StatementLimits] = {
     "none": StatementLimits(lock_timeout_ms=None, lock_retries=0),
-    "default": StatementLimits(),
+    "5s": StatementLimits(lock_timeout_ms=5000, lock_retries=4),
+    "2s": StatementLimits(lock_timeout_ms=2000, lock_retries=5),
     "1s": StatementLimits(lock_timeout_ms=1000, lock_retries=6),
+    "500ms": StatementLimits(lock_timeout_ms=500, lock_retries=8),
 }
 
 

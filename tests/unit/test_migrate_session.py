@@ -23,9 +23,9 @@ def limits_of(**values: object) -> StatementLimits:
 
 def test_defaults_a_lock_timeout_of_a_few_seconds_retries_and_no_statement_timeout() -> None:
     limits = limits_of()
-    assert limits == StatementLimits()
-    assert limits.lock_timeout_ms == 5000 and limits.statement_timeout_ms is None and limits.attempts == 5
-    assert session_setup(limits) == ["SET lock_timeout = 5000"]
+    assert limits == StatementLimits(lock_timeout_ms=2000)
+    assert limits.lock_timeout_ms == 2000 and limits.statement_timeout_ms is None and limits.attempts == 5
+    assert session_setup(limits) == ["SET lock_timeout = 2000"]
 
 
 def test_config_keys_set_every_limit() -> None:
