@@ -31,6 +31,9 @@ MAX_PASSWORD_LENGTH = 128
 MODES = ("container", "external")
 DEV_STACK = "dev"  # the one stack whose data is not protected by default (protectData)
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# migrationLockTimeout: the application's queries queue behind a waiting ALTER for up to this long per
+# attempt (bench/README.md, "Migrations behind a blocker").
+DEFAULT_LOCK_TIMEOUT_MS = 2000
 
 
 class ConfigError(pulumi.RunError, ValueError):
@@ -100,7 +103,7 @@ class MigrationSettings:
     # allowOutOfOrder: apply a pending file numbered below the highest applied version (refused by default).
     allow_out_of_order: bool = False
     # migrationLockTimeout, migrationLockRetries, migrationLockRetryDelay, migrationStatementTimeout.
-    limits: StatementLimits = field(default_factory=StatementLimits)
+    limits: StatementLimits = field(default_factory=lambda: StatementLimits(lock_timeout_ms=DEFAULT_LOCK_TIMEOUT_MS))
 
 
 def migration_fixes(namespace: str) -> dict[str, str]:
@@ -349,9 +352,6 @@ def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
 
 
 MAX_TIMEOUT_MS = 24 * 3600 * 1000
-# The application's queries queue behind a waiting ALTER for up to this long per attempt (bench/README.md,
-# "Migrations behind a blocker").
-DEFAULT_LOCK_TIMEOUT_MS = 2000
 
 
 def _statement_limits(r: _Reader) -> StatementLimits:
