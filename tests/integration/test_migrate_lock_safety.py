@@ -5,6 +5,7 @@ exemptions (infra.migrate.session, infra.migrate.runner)."""
 from __future__ import annotations
 
 import pickle
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -251,3 +252,29 @@ def test_no_statement_timeout_by_default_and_none_keeps_the_servers_setting(db, 
             sql.Identifier(one(db, "SELECT current_database()"))))
     Migrator(db).apply(files[0])
     assert one(db, "SELECT v FROM seen") == "42s"
+
+
+def test_a_blocker_of_another_role_is_named_and_its_hidden_state_said_so(db, tmp_path):
+    suffix = uuid.uuid4().hex[:8]
+    owner, other = f"own_{suffix}", f"app_{suffix}"
+    with psycopg.connect(db, autocommit=True) as conn:
+        for role in (owner, other):
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw'").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("ALTER TABLE customers OWNER TO {}").format(sql.Identifier(owner)))
+        conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(owner)))
+        conn.execute(sql.SQL("GRANT SELECT ON customers TO {}").format(sql.Identifier(other)))
+    as_owner = psycopg.conninfo.make_conninfo(db, user=owner, password="pw")
+    files = migrations(tmp_path, {"001_alter.sql": "ALTER TABLE customers ADD COLUMN segment text;\n"})
+    app = psycopg.connect(psycopg.conninfo.make_conninfo(db, user=other, password="pw"), application_name="app-1")
+    try:
+        app.execute("SELECT id FROM customers LIMIT 1")
+        with pytest.raises(MigrationBlockedError) as failure:
+            Migrator(as_owner, limits=StatementLimits(lock_timeout_ms=300, lock_retries=0)).apply(files[0])
+    finally:
+        app.close()
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}, {}").format(sql.Identifier(owner), sql.Identifier(other)))
+            conn.execute(sql.SQL("DROP ROLE {}, {}").format(sql.Identifier(owner), sql.Identifier(other)))
+    message = str(failure.value)
+    assert f"application_name 'app-1', user '{other}'" in message, message
+    assert "state and age not visible to the migrating role (it needs pg_read_all_stats)" in message
