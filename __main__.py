@@ -93,6 +93,7 @@ migrations = Migrations(
         keep_data_on_destroy=cfg.migrations.keep_data_on_destroy,
         allow_out_of_order=cfg.migrations.allow_out_of_order,
         fixes=stack_config.migration_fixes(namespace),
+        limits=cfg.migrations.limits,
         after=[db],
     ),
     # Reverting a migration drops data: protected with the database (children inherit `protect`).

@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol
 import pulumi
 from croniter import croniter
 
-from infra.migrate import MigrationFile, MigrationFileError, load_migrations
+from infra.migrate import MigrationFile, MigrationFileError, StatementLimits, load_migrations
 
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 VERSION = re.compile(r"^[0-9]{3,}$")
@@ -31,6 +31,9 @@ MAX_PASSWORD_LENGTH = 128
 MODES = ("container", "external")
 DEV_STACK = "dev"  # the one stack whose data is not protected by default (protectData)
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# migrationLockTimeout: the application's queries queue behind a waiting ALTER for up to this long per
+# attempt (bench/README.md, "Migrations behind a blocker").
+DEFAULT_LOCK_TIMEOUT_MS = 2000
 
 
 class ConfigError(pulumi.RunError, ValueError):
@@ -99,6 +102,8 @@ class MigrationSettings:
     keep_data_on_destroy: bool
     # allowOutOfOrder: apply a pending file numbered below the highest applied version (refused by default).
     allow_out_of_order: bool = False
+    # migrationLockTimeout, migrationLockRetries, migrationLockRetryDelay, migrationStatementTimeout.
+    limits: StatementLimits = field(default_factory=lambda: StatementLimits(lock_timeout_ms=DEFAULT_LOCK_TIMEOUT_MS))
 
 
 def migration_fixes(namespace: str) -> dict[str, str]:
@@ -111,6 +116,8 @@ def migration_fixes(namespace: str) -> dict[str, str]:
                               "(`pulumi config set allowOutOfOrder true`), run `pulumi up`, then remove it "
                               "(`pulumi config rm allowOutOfOrder`)",
         "keep_data": f"`{namespace}:keepDataOnDestroy` is true",
+        "lock_wait": f"allow a longer wait: raise `{namespace}:migrationLockTimeout` (ms per attempt) or "
+                     f"`{namespace}:migrationLockRetries` (see README, \"Failure drills\")",
     }
 
 
@@ -316,6 +323,7 @@ def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
         accept_checksums=frozenset(accept),
         keep_data_on_destroy=r.boolean("keepDataOnDestroy", False),
         allow_out_of_order=r.boolean("allowOutOfOrder", False),
+        limits=_statement_limits(r),
     )
 
     cleanup_job = CleanupJobSettings(
@@ -341,6 +349,34 @@ def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
         protect_data=protect_data,
         password_rotation=password_rotation,
     )
+
+
+MAX_TIMEOUT_MS = 24 * 3600 * 1000
+
+
+def _statement_limits(r: _Reader) -> StatementLimits:
+    """The limits every migration statement runs under (see infra.migrate.session)."""
+    default = StatementLimits()
+    problems_before = len(r.problems)
+    lock_timeout = r.integer(
+        "migrationLockTimeout", DEFAULT_LOCK_TIMEOUT_MS, 0, MAX_TIMEOUT_MS,
+        "milliseconds a migration statement may wait for a lock, e.g. 5000; 0 waits as long as it takes",
+    )
+    statement_timeout = (
+        None if r.source.get("migrationStatementTimeout") in (None, "") else r.integer(
+            "migrationStatementTimeout", 0, 0, MAX_TIMEOUT_MS,
+            "milliseconds a migration statement may run, e.g. 600000; 0 for no limit; "
+            "remove the key to keep the server's setting",
+        )
+    )
+    retries = r.integer("migrationLockRetries", default.lock_retries, 0, 100,
+                        "how often a migration blocked by a lock is tried again, 0 to 100")
+    delay = r.integer("migrationLockRetryDelay", default.retry_delay_ms, 0, 600_000,
+                      "milliseconds before the first retry (doubling each time), 0 to 600000")
+    if len(r.problems) > problems_before:  # reported with the others; the limits are not used
+        return default
+    return StatementLimits(lock_timeout_ms=lock_timeout, statement_timeout_ms=statement_timeout,
+                           lock_retries=retries, retry_delay_ms=delay, retry_delay_max_ms=default.retry_delay_max_ms)
 
 
 ROTATION_KEYS = ("all", "owner", "app", "readonly", "cleanup")
