@@ -4,7 +4,7 @@ container-mode stack of the real program.
 The stack is created by the program as it was before the privilege exceptions existed (the commit
 below, from `git archive`, run in a subprocess), then brought to this program with one `pulumi up`:
 that is how an existing stack converges. Every later test uses that stack, in file order:
-the README's privilege matrix, authentication, rotation (which changes passwords, so it comes
+the privilege matrix (docs/security.md), authentication, rotation (which changes passwords, so it comes
 after the matrix), and errors without secrets (which break and repair credentials by hand).
 """
 
@@ -212,9 +212,10 @@ def test_a_stack_created_before_the_exceptions_converges_with_one_up(live: Live)
     live.run(live.stack.preview, expect_no_changes=True)
 
 
+MATRIX_DOC = REPO / "docs" / "security.md"
 MATRIX = re.compile(r"<!-- privilege-matrix:begin -->\n(.*?)<!-- privilege-matrix:end -->", re.S)
 OPS = ("I", "U", "D", "T", "DDL", "X")
-NOTHING = "\u2013"  # the README's en dash: no privilege at all
+NOTHING = "\u2013"  # the matrix's en dash: no privilege at all
 
 
 @dataclass(frozen=True)
@@ -234,9 +235,9 @@ class Cell:
 
 
 def readme_matrix() -> tuple[list[str], dict[tuple[str, str], tuple[tuple[str, ...], dict[str, str]]]]:
-    """(roles, {(kind, object): (secret columns, {role: cell text})}) from the README's table."""
-    found = MATRIX.search((REPO / "README.md").read_text())
-    assert found, "README.md has no privilege matrix between the privilege-matrix markers"
+    """(roles, {(kind, object): (secret columns, {role: cell text})}) from the table in MATRIX_DOC."""
+    found = MATRIX.search(MATRIX_DOC.read_text())
+    assert found, f"{MATRIX_DOC.relative_to(REPO)} has no privilege matrix between the privilege-matrix markers"
     rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in found.group(1).splitlines()
             if line.startswith("|")]
     header, body = rows[0], rows[2:]
@@ -453,7 +454,7 @@ def test_rotation_one_role_then_all_with_an_open_session_kept(live: Live) -> Non
         conn.execute("INSERT INTO organizations (name) VALUES ('rotation-probe')")
     data = data_snapshot(urls["owner"])
 
-    # The documented sequence (README "Credential rotation"): the app's pool stays open across `up`.
+    # The documented sequence (docs/security.md, "Credential rotation"): the app's pool stays open across `up`.
     pool = psycopg.connect(urls["app"], autocommit=True)
     try:
         changed = rotate(live, "app", 1)
