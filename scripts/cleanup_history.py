@@ -62,6 +62,18 @@ def history(database_url: str, job: str, limit: int = 20) -> list[Run]:
             for r in rows]
 
 
+def _without_secrets(text: str, url: str) -> str:
+    """The error without the URL or its password (libpq may echo either)."""
+    try:
+        password = psycopg.conninfo.conninfo_to_dict(url).get("password")
+    except psycopg.ProgrammingError:
+        password = None
+    for secret in (url, password):
+        if secret:
+            text = text.replace(str(secret), "***")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
@@ -70,7 +82,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.database_url:
         parser.error("pass --database-url or set DATABASE_URL")
-    runs = history(args.database_url, args.job, args.limit)
+    try:
+        runs = history(args.database_url, args.job, args.limit)
+    except psycopg.errors.InsufficientPrivilege as e:
+        print(f"cleanup_history: this role may not read pg_cron's run history ({e.diag.message_primary}). "
+              "Use a URL of a role that can read cron.job_run_details (a superuser, or rds_superuser on RDS).",
+              file=sys.stderr)
+        return 2
+    except psycopg.errors.UndefinedTable as e:
+        print(f"cleanup_history: {e.diag.message_primary}: the URL must reach the application database "
+              "(refresh_token_cleanup_runs) on a server with pg_cron in that database.", file=sys.stderr)
+        return 2
+    except psycopg.Error as e:  # a wrong URL, a refused login, an unreachable server
+        print(f"cleanup_history: cannot read the history: {_without_secrets(str(e).strip(), args.database_url)}",
+              file=sys.stderr)
+        return 2
     print(f"{'run':>6}  {'status':<10} {'started (UTC)':<20} {'duration':>10} {'rows':>9} {'batches':>8}  message")
     for run in runs:
         started = run.started.strftime("%Y-%m-%d %H:%M:%S") if run.started else "-"

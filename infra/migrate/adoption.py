@@ -236,6 +236,15 @@ def verify(plan: AdoptionPlan, target: str, *, scratch: ScratchServer, owner: st
     return differences
 
 
+def tables(target: str, plan: AdoptionPlan) -> list[str]:
+    """The tables of schema public, the history tables aside (what the other tool made)."""
+    with _read_only(target) as conn:
+        rows = conn.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p') "
+            "AND NOT relname = ANY(%s) ORDER BY 1", ([*plan.history_tables, tracking.TABLE],)).fetchall()
+    return [r[0] for r in rows]
+
+
 def record(plan: AdoptionPlan, target: str, *, log: Log | None = None) -> list[str]:
     """Record `plan.matched` as applied, running none of them, under the migration lock, in one transaction.
 
