@@ -45,15 +45,6 @@ if isinstance(cfg.server, stack_config.ExternalServer):
         dbname=cfg.server.admin_database, sslmode=cfg.server.sslmode,
     )
     cron_database = facts.cron_database
-    admin = Connection(
-        host=cfg.server.host, port=cfg.server.port, database=cfg.server.admin_database, user=cfg.server.admin_user,
-        password=pulumi_config.require_secret(cfg.server.admin_password_key), sslmode=cfg.server.sslmode,
-    )
-    # A shared server: this stack claims its database and role names before anything reaches the server.
-    server_resources: list[pulumi.Resource] = [StackClaim(
-        "stack-claim", admin=admin, stack=f"{namespace}/{stack}", database=cfg.database, roles=list(cfg.roles.all()),
-        keep_on_destroy=cfg.migrations.keep_data_on_destroy)]
-    admin_is_superuser = cfg.server.superuser
     if cfg.adoption is not None:
         # adoptFrom: the existing database and roles are imported; the schema is verified before anything is declared.
         admin_password = pulumi_config.require(cfg.server.admin_password_key)
@@ -68,6 +59,15 @@ if isinstance(cfg.server, stack_config.ExternalServer):
             scratch_url=pulumi_config.get(cfg.adoption.scratch_url_key) if cfg.adoption.scratch_url_key else None,
             scratch_image=cfg.adoption.image, namespace=namespace)
         adopted = AdoptedObjects(existing_roles=found.existing_roles)
+    admin = Connection(
+        host=cfg.server.host, port=cfg.server.port, database=cfg.server.admin_database, user=cfg.server.admin_user,
+        password=pulumi_config.require_secret(cfg.server.admin_password_key), sslmode=cfg.server.sslmode,
+    )
+    # A shared server: this stack claims its database and role names before anything reaches the server.
+    server_resources: list[pulumi.Resource] = [StackClaim(
+        "stack-claim", admin=admin, stack=f"{namespace}/{stack}", database=cfg.database, roles=list(cfg.roles.all()),
+        keep_on_destroy=cfg.migrations.keep_data_on_destroy)]
+    admin_is_superuser = cfg.server.superuser
 else:
     # Before anything is declared: the engine answers, the image is there and is PostgreSQL 15, the port is free.
     check_container_host(
