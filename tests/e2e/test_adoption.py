@@ -18,6 +18,7 @@ from pulumi import automation as auto
 
 from devsupport import knex
 from devsupport.local_postgres import LocalPostgres
+from infra.migrate import load_migrations
 from scripts.stack import program
 
 pytestmark = pytest.mark.e2e
@@ -87,13 +88,14 @@ def created_tables(log: str) -> set[str]:
     return set(found)
 
 
-def adopting_stack(new_stack: Any, target: LocalPostgres, scratch: LocalPostgres, prefix: str) -> auto.Stack:
+def adopting_stack(new_stack: Any, target: LocalPostgres, scratch: LocalPostgres, prefix: str,
+                   tool: str = "knex") -> auto.Stack:
     admin = target.address
     config = {
         "mode": "external", "externalHost": admin.host, "externalPort": str(admin.port),
         "externalAdminUser": admin.user, "externalSslMode": "disable", "externalAdminIsSuperuser": "true",
         "databaseName": "insights", "rolePrefix": prefix, "protectData": "false", "cleanupSchedule": "* * * * *",
-        "adoptFrom": "knex",
+        "adoptFrom": tool,
     }
     values = {k: auto.ConfigValue(value=v) for k, v in config.items()}
     values["externalAdminPassword"] = auto.ConfigValue(value=admin.password, secret=True)
@@ -182,3 +184,57 @@ def test_a_knex_schema_that_differs_is_refused_before_anything_changes(
         assert conn.execute("SELECT to_regclass('public.schema_migrations')").fetchone() == (None,)
         assert conn.execute("SELECT count(*) FROM pg_roles WHERE rolname LIKE %s", (prefix + "%",)).fetchone() == (1,)
     assert counts(team_url) == rows
+
+
+def sql_built_database(target: LocalPostgres, prefix: str, tool: str) -> str:
+    """The spec's schema applied by another tool (the same SQL, as the team's owner) with its history table."""
+    team_url = team_database_empty(target, prefix)
+    spec = [m for m in load_migrations(REPO / "sql") if int(m.version) <= 7]
+    with psycopg.connect(team_url) as conn:
+        for m in spec:
+            with conn.transaction():
+                conn.execute(m.up_sql)
+        if tool == "flyway":
+            conn.execute("""
+                CREATE TABLE flyway_schema_history (
+                    installed_rank integer PRIMARY KEY, version varchar(50), description varchar(200) NOT NULL,
+                    type varchar(20) NOT NULL, script varchar(1000) NOT NULL, checksum integer,
+                    installed_by varchar(100) NOT NULL, installed_on timestamp NOT NULL DEFAULT now(),
+                    execution_time integer NOT NULL, success boolean NOT NULL)""")
+            for rank, m in enumerate(spec, start=1):
+                conn.execute("INSERT INTO flyway_schema_history VALUES (%s, %s, %s, 'SQL', %s, 1, 'flyway', now(), 5, "
+                             "true)", (rank, str(int(m.version)), m.name, f"V{int(m.version)}__{m.name}.sql"))
+        else:
+            conn.execute("CREATE TABLE schema_migrations (version varchar(128) PRIMARY KEY)")
+            for m in spec:
+                conn.execute("INSERT INTO schema_migrations VALUES (%s)", (m.version,))
+        conn.execute("INSERT INTO organizations (name) SELECT 'org ' || g FROM generate_series(1, 30) g")
+        conn.commit()
+    return team_url
+
+
+def team_database_empty(target: LocalPostgres, prefix: str) -> str:
+    owner, password = f"{prefix}_owner", "team-password-" + uuid.uuid4().hex[:8]
+    with psycopg.connect(target.address.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(owner), sql.Literal(password)))
+        conn.execute(sql.SQL("CREATE DATABASE insights OWNER {}").format(sql.Identifier(owner)))
+    return f"postgresql://{owner}:{password}@127.0.0.1:{target.port}/insights"
+
+
+@pytest.mark.parametrize("tool", ["flyway", "dbmate"])
+def test_flyway_and_dbmate_histories_are_adopted(tool, provider_plugins, servers, new_stack):
+    target, scratch = servers
+    prefix = f"h{uuid.uuid4().hex[:6]}"
+    sql_built_database(target, prefix, tool)
+    logged_before = Path(target.logfile).stat().st_size
+    stack = adopting_stack(new_stack, target, scratch, prefix, tool=tool)
+    outputs = {k: v.value for k, v in stack.up(color="never").outputs.items()}
+    log = Path(target.logfile).read_text(errors="replace")[logged_before:]
+    assert created_tables(log) == {"refresh_token_cleanup_runs", "schema_migrations"}, created_tables(log)
+    with psycopg.connect(outputs["connection_urls"]["owner"]) as conn:
+        assert conn.execute("SELECT count(*) FROM organizations").fetchone() == (30,)
+        assert [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY 1")] == outputs["migrations"]
+        history = "flyway_schema_history" if tool == "flyway" else "schema_migrations_dbmate"
+        assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(history))).fetchone() == (7,)
+    assert outputs["migrations"] == ["001", "002", "003", "004", "005", "006", "007", "008", "009"]
+    stack.preview(expect_no_changes=True, color="never")
