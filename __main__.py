@@ -144,6 +144,7 @@ cleanup = token_cleanup.TokenCleanupJob(
         after=migrations.applied,
         privileges=privileges,
         keep_extension_on_destroy=isinstance(cfg.server, stack_config.ExternalServer),
+        history_readers=[db.roles["owner"].name, db.roles["readonly"].name],
     ),
 )
 
@@ -172,5 +173,6 @@ pulumi.export(
     ),
 )
 pulumi.export("migrations", migrations.versions)
+# Where the owner and read-only roles read the job's runs (scripts/cleanup_history.py --cron-database).
 pulumi.export("cleanup_job", {"name": cfg.cleanup_job.name, "schedule": cfg.cleanup_job.schedule,
-                              "job_id": cleanup.job.job_id})
+                              "job_id": cleanup.job.job_id, "history_database": cron_database})

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from pulumi import automation as auto
 from devsupport import knex
 from devsupport.local_postgres import LocalPostgres
 from infra.migrate import load_migrations
+from scripts import cleanup_history
 from scripts.stack import program
 
 pytestmark = pytest.mark.e2e
@@ -154,6 +157,25 @@ def test_a_knex_database_is_adopted_its_later_files_applied_and_its_rows_kept(
             time.sleep(2)
     assert run == ("succeeded",)
     assert counts(owner_url) == {**rows, "refresh_tokens": 0}
+
+    # The job's history, read with the read-only role's URL and what the stack outputs (no superuser).
+    readonly, job = outputs["connection_urls"]["readonly"], outputs["cleanup_job"]
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "cleanup_history.py"), "--database-url", readonly,
+                           "--job", job["name"], "--cron-database", job["history_database"]],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^\s+\d+\s+succeeded\s+\S+ \S+\s+\d+ ms\s+20\s+1\s+CALL$", done.stdout, re.MULTILINE), done.stdout
+    runs = cleanup_history.history(readonly, job["name"], cron_database=job["history_database"])
+    assert runs[-1].status == "succeeded" and runs[-1].rows_deleted == 20
+    # and nothing more of pg_cron
+    with psycopg.connect(readonly.rsplit("/", 1)[0] + "/scheduler") as conn, \
+            pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("SELECT count(*) FROM cron.job_run_details")
+    wrong = subprocess.run([sys.executable, str(REPO / "scripts" / "cleanup_history.py"), "--database-url",
+                            readonly.replace("@", "x@", 1), "--job", job["name"]],
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    assert "password authentication failed" in wrong.stderr
 
     stack.preview(expect_no_changes=True, color="never")
 
