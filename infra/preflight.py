@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import psycopg
 import pulumi
 
-from infra.migrate import MigrationFile, MigrationsError, tracking
+from infra.migrate import MigrationFile, MigrationsError
 from infra.migrate import adoption as adopt
 from infra.migrate.scratch import existing_server, local_container
 
@@ -184,7 +184,7 @@ def check_adoption_schema(*, target: str, files: list[MigrationFile], tool: str,
     try:
         with psycopg.connect(target, connect_timeout=CONNECT_TIMEOUT, autocommit=True,
                              options="-c default_transaction_read_only=on -c statement_timeout=10000") as conn:
-            if tracking.table_exists(conn):
+            if adopt.managed_by_this_runner(conn):
                 return  # adopted already: the tracking table is this program's from now on
         plan = adopt.read_plan(target, files, tool)
         with ExitStack() as stack:

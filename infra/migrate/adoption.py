@@ -199,10 +199,15 @@ def match(tool: str, records: Sequence[ForeignRecord], files: Sequence[Migration
     return AdoptionPlan(tool, list(records), matched, ordered[len(matched):], HISTORY_TABLES[tool])
 
 
+def managed_by_this_runner(conn: psycopg.Connection[Any]) -> bool:
+    """Whether public.schema_migrations is this runner's tracking table (not dbmate's or golang-migrate's)."""
+    return "checksum" in (_columns(conn, tracking.TABLE) or {})
+
+
 def read_plan(target: str, files: Sequence[MigrationFile], tool: str) -> AdoptionPlan:
     """The other tool's history on `target`, matched to `files` (read-only)."""
     with _read_only(target) as conn:
-        if tracking.table_exists(conn) and "checksum" in (_columns(conn, tracking.TABLE) or {}):
+        if managed_by_this_runner(conn):
             raise AdoptionError("This database is already managed by this migration runner "
                                 "(public.schema_migrations is its tracking table).", ["nothing to adopt"],
                                 ["run the migrations as usual (no adoption)"])

@@ -208,7 +208,7 @@ def test_a_knex_schema_that_differs_is_refused_before_anything_changes(
     assert counts(team_url) == rows
 
 
-def sql_built_database(target: LocalPostgres, prefix: str, tool: str) -> str:
+def sql_built_database(target: LocalPostgres, prefix: str, tool: str, drift: str | None = None) -> str:
     """The spec's schema applied by another tool (the same SQL, as the team's owner) with its history table."""
     team_url = team_database_empty(target, prefix)
     spec = [m for m in load_migrations(REPO / "sql") if int(m.version) <= 7]
@@ -231,6 +231,8 @@ def sql_built_database(target: LocalPostgres, prefix: str, tool: str) -> str:
             for m in spec:
                 conn.execute("INSERT INTO schema_migrations VALUES (%s)", (m.version,))
         conn.execute("INSERT INTO organizations (name) SELECT 'org ' || g FROM generate_series(1, 30) g")
+        if drift:
+            conn.execute(drift)
         conn.commit()
     return team_url
 
@@ -260,3 +262,17 @@ def test_flyway_and_dbmate_histories_are_adopted(tool, provider_plugins, servers
         assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(history))).fetchone() == (7,)
     assert outputs["migrations"] == ["001", "002", "003", "004", "005", "006", "007", "008", "009"]
     stack.preview(expect_no_changes=True, color="never")
+
+
+def test_a_dbmate_schema_that_differs_is_refused_and_its_history_left_as_it_was(provider_plugins, servers, new_stack):
+    target, scratch = servers
+    prefix = f"h{uuid.uuid4().hex[:6]}"
+    team_url = sql_built_database(target, prefix, "dbmate", drift="ALTER TABLE users ALTER COLUMN last_name TYPE text")
+    stack = adopting_stack(new_stack, target, scratch, prefix, tool="dbmate")
+    with pytest.raises(auto.errors.CommandError) as refused:
+        stack.preview(color="never")
+    assert ("column users.last_name: the files make: character varying(100) NOT NULL; the live database has: "
+            "text NOT NULL") in str(refused.value)
+    with psycopg.connect(team_url) as conn:  # dbmate's table is still dbmate's, where it was
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (7,)
+        assert conn.execute("SELECT to_regclass('public.schema_migrations_dbmate')").fetchone() == (None,)
