@@ -132,9 +132,9 @@ class AdoptionFacts:
 
 def check_adoptable(*, host: str, port: int, user: str, password: str, sslmode: str, database: str,
                     owner: str, roles: list[str]) -> AdoptionFacts:
-    """Before anything is declared for an adoption (reads only): the database exists, it and every object of
-    its schema `public` are owned by the stack's owner role (the migrations run as it). Which of the
-    stack's roles exist decides which are imported and which created."""
+    """Before anything is declared for an adoption (reads only): the database exists, and until it is adopted,
+    it and every object of its schema `public` are owned by the stack's owner role (the migrations run as
+    it). Which of the stack's roles exist decides which are imported and which created."""
     where = f"{host}:{port}/{database}"
     try:
         conn = psycopg.connect(host=host, port=port, user=user, password=password, dbname=database, sslmode=sslmode,
@@ -163,8 +163,9 @@ def check_adoptable(*, host: str, port: int, user: str, password: str, sslmode: 
                     WHERE typnamespace = 'public'::regnamespace AND typtype IN ('e', 'd', 'c')
                       AND typrelid = 0) o
                WHERE who <> %s ORDER BY 1""", (owner,)).fetchall()
+        adopted_already = adopt.managed_by_this_runner(conn)
     wrong = ([f"database {database} (owner {db_owner})"] if db_owner != owner else []) + [r[0] for r in foreign]
-    if owner not in existing or wrong:
+    if not adopted_already and (owner not in existing or wrong):
         listed = "\n".join(f"  - {w}" for w in wrong[:20])
         listed += f"\n  - ... {len(wrong) - 20} more" if len(wrong) > 20 else ""
         raise PreflightError(
