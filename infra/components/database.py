@@ -259,5 +259,5 @@ class TablePrivileges(pulumi.ComponentResource):
                   objects=args.adopted_tables, privileges=TABLE_WRITE)
             grant("readonly-adopted-tables", role=readonly, object_type="table", privileges=["SELECT"],
                   objects=pulumi.Output.from_input(args.adopted_tables).apply(
-                      lambda ts: [t for t in ts if t not in READONLY_COLUMNS]))
+                      lambda ts: [t for t in ts or [] if t not in READONLY_COLUMNS]))
         self.register_outputs({})
