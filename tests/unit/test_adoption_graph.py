@@ -73,5 +73,6 @@ def test_a_refused_adoption_declares_nothing(preflight: FakePreflight, monkeypat
 
     monkeypatch.setattr(infra.preflight, "check_adoption_schema", refuse)
     harness = ProgramHarness()
-    with pytest.raises(Exception, match="Adoption refused"):
+    with pytest.raises(PreflightError, match="Adoption refused"):
         harness.run(ADOPTING, secret_keys=["externalAdminPassword", "adoptScratchUrl"])
+    assert harness.mocks.created == [] and harness.monitor.registrations == []
