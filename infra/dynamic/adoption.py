@@ -10,6 +10,10 @@ stack's credentials would not work without it; rotation (`passwordRotation`) goe
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import os
 from typing import Any, ClassVar
 
 import psycopg
@@ -23,6 +27,18 @@ from infra.migrate import MigrationFile
 from infra.migrate import adoption as adopt
 
 APPLICATION_NAME = "pulumi-adoption"
+SCRAM_ITERATIONS = 4096  # PostgreSQL's default (scram_iterations)
+
+
+def scram_verifier(password: str, salt: bytes | None = None) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802, as `pg_authid.rolpassword`)."""
+    salt = salt if salt is not None else os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, SCRAM_ITERATIONS)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return (f"SCRAM-SHA-256${SCRAM_ITERATIONS}:{b64(salt)}$"
+            f"{b64(hashlib.sha256(client_key).digest())}:{b64(server_key)}")
 
 
 def _files(props: dict[str, Any]) -> list[MigrationFile]:
@@ -77,9 +93,9 @@ class RolePasswordProvider(DiffingProvider):
     def _set(props: dict[str, Any]) -> None:
         admin = {**props, USER: props["admin_user"], PASSWORD: props["admin_password"]}
         with psycopg.connect(conninfo(admin, application_name=APPLICATION_NAME), autocommit=True) as conn:
-            # The server stores a SCRAM verifier (password_encryption); the statement is not logged by psycopg.
+            # A verifier, not the password: a server logging statements never sees the password itself.
             conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                sql.Identifier(props["role"]), sql.Literal(props[PASSWORD])))
+                sql.Identifier(props["role"]), sql.Literal(scram_verifier(props[PASSWORD]))))
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         self._set(props)

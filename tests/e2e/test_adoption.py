@@ -126,6 +126,8 @@ def test_a_knex_database_is_adopted_its_later_files_applied_and_its_rows_kept(
     assert created_tables(log) == {"refresh_token_cleanup_runs", "schema_migrations"}, created_tables(log)
     assert "set_updated_at() RETURNS trigger" not in log and "customers_email_idx" not in log
     owner_url = outputs["connection_urls"]["owner"]
+    # The imported owner's new password reached the server as a SCRAM verifier only.
+    assert owner_url.split(":")[2].split("@")[0] not in log and "ALTER ROLE" in log
     with psycopg.connect(owner_url) as conn:
         tracked = conn.execute("SELECT version, duration_ms FROM schema_migrations ORDER BY version").fetchall()
         same_oids = dict(conn.execute("SELECT relname, oid::int FROM pg_class WHERE relkind = 'r' "

@@ -4,6 +4,7 @@ a database built by the real knex, and Flyway-, dbmate- and golang-migrate-shape
 from __future__ import annotations
 
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from psycopg import sql
 
 from devsupport import knex
 from devsupport.local_postgres import LocalPostgres
+from infra.dynamic.adoption import scram_verifier
 from infra.migrate import Migrator, catalog, load_migrations
 from infra.migrate import adoption as adopt
 from infra.migrate.scratch import existing_server
@@ -236,3 +238,18 @@ def test_catalog_diff_names_renames_and_every_category(fresh_db: str, local_post
                           "function extra()"}
     assert found["index customers_segment_idx"].note == "the live database has it as customers_by_segment"
     assert "(disabled)" in str(found["trigger organizations.organizations_set_updated_at"])
+
+
+def test_a_role_password_set_as_a_scram_verifier_logs_in(local_postgres: LocalPostgres) -> None:
+    role, password = f"v_{uuid.uuid4().hex[:8]}", "Gen3rated" + uuid.uuid4().hex
+    with psycopg.connect(local_postgres.address.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(scram_verifier(password))))
+    try:
+        with psycopg.connect(local_postgres.address.dsn(user=role, password=password)) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (role,)
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(local_postgres.address.dsn(user=role, password=password + "x")).close()
+    finally:
+        with psycopg.connect(local_postgres.address.dsn(), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
