@@ -95,6 +95,19 @@ class CleanupJobSettings:
     batch_size: int
 
 
+ADOPT_TOOLS = ("knex", "flyway", "dbmate", "golang-migrate")
+
+
+@dataclass(frozen=True)
+class AdoptionSettings:
+    """adoptFrom: take over an existing database whose schema another migration tool built (external mode)."""
+
+    tool: str  # one of ADOPT_TOOLS
+    accept: frozenset[str]  # adoptAccept: ids of schema differences accepted ("index customers_email_idx")
+    scratch_url_key: str | None  # adoptScratchUrl: a throwaway server's superuser URL (secret); None: a container
+    image: str  # the scratch container's image when there is no adoptScratchUrl
+
+
 @dataclass(frozen=True)
 class MigrationSettings:
     directory: str
@@ -150,6 +163,7 @@ class StackConfig:
     protect_data: bool = True
     # passwordRotation: a counter per role ("all" for every role); see _password_rotation.
     password_rotation: dict[str, int] = field(default_factory=dict)
+    adoption: AdoptionSettings | None = None
 
     def rotation_keepers(self, purpose: str) -> dict[str, str] | None:
         """RandomPassword keepers of one role: any change of its counter or of "all" makes a new password.
@@ -336,6 +350,8 @@ def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
     # Only the throwaway `dev` stack defaults to unprotected: a stack that forgets the key is safe.
     protect_data = r.boolean("protectData", stack != DEV_STACK)
 
+    adoption = _adoption(r, source, mode)
+
     if r.problems:
         raise ConfigError(r.problems)
     return StackConfig(
@@ -348,6 +364,7 @@ def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
         cleanup_job=cleanup_job,
         protect_data=protect_data,
         password_rotation=password_rotation,
+        adoption=adoption,
     )
 
 
@@ -377,6 +394,30 @@ def _statement_limits(r: _Reader) -> StatementLimits:
         return default
     return StatementLimits(lock_timeout_ms=lock_timeout, statement_timeout_ms=statement_timeout,
                            lock_retries=retries, retry_delay_ms=delay, retry_delay_max_ms=default.retry_delay_max_ms)
+
+
+def _adoption(r: _Reader, source: ConfigSource, mode: str) -> AdoptionSettings | None:
+    tool = r.text("adoptFrom", "", check=lambda v: None if v in ("", *ADOPT_TOOLS) else (
+        f"{v!r} is not a migration tool this program adopts from; use one of {', '.join(ADOPT_TOOLS)}"))
+    try:
+        accept = source.get_object("adoptAccept") or []
+    except Exception:  # Pulumi raises its own type error for a value that is not JSON
+        accept = None
+    if not isinstance(accept, list) or not all(isinstance(v, str) and v for v in accept):
+        r.problem("adoptAccept", "must be a list of difference ids as the refusal names them, e.g. "
+                  "`pulumi config set --path 'adoptAccept[0]' 'index customers_email_idx'`")
+        accept = []
+    scratch = r.text("adoptScratchUrl", "")
+    image = r.text("adoptScratchImage", "customer-insights/postgres-cron:15")
+    if not tool:
+        if accept:
+            r.problem("adoptAccept", "set only while adopting (adoptFrom); remove it: `pulumi config rm adoptAccept`")
+        return None
+    if mode != "external":
+        r.problem("adoptFrom", "adoption takes over a database on an existing server: set mode to external "
+                  "(a container stack creates its own database)")
+    return AdoptionSettings(tool=tool, accept=frozenset(accept), scratch_url_key="adoptScratchUrl" if scratch else None,
+                            image=image)
 
 
 ROTATION_KEYS = ("all", "owner", "app", "readonly", "cleanup")

@@ -12,6 +12,8 @@ lock_not_available with a growing wait, statement timeout), see `session`. Order
 applied version is refused (`OutOfOrderMigrationError`) unless `Migrator(..., allow_out_of_order=True)`, see `runner`.
 Errors state facts (file, version, checksums) and the ways out; a caller that offers a way to accept a
 refusal words it in its own terms (`RefusedMigrationError.with_fix`). CLI: `python -m infra.migrate --help`.
+Schemas: `catalog.snapshot` / `catalog.diff` (what a schema is made of, and every difference). Taking over
+a database another tool migrated (knex, Flyway, dbmate, golang-migrate): `adoption`.
 """
 
 from .errors import (

@@ -400,3 +400,26 @@ def test_dict_source_renders_values_as_pulumi_config_does() -> None:
 def test_cron_syntax_pg_cron_does_not_accept_is_rejected(schedule: str) -> None:
     problem = validate_cron_schedule(schedule)
     assert problem is not None and "pg_cron 1.4 does not accept" in problem
+
+
+EXTERNAL = {"mode": "external", "externalHost": "db.internal", "externalAdminPassword": "s3cret"}
+
+
+def test_adoption_settings() -> None:
+    assert load_dict(EXTERNAL).adoption is None
+    cfg = load_dict({**EXTERNAL, "adoptFrom": "knex", "adoptAccept": ["index customers_email_idx"],
+                     "adoptScratchUrl": "postgresql://scratch"})
+    assert cfg.adoption is not None and cfg.adoption.tool == "knex"
+    assert cfg.adoption.accept == frozenset({"index customers_email_idx"})
+    assert cfg.adoption.scratch_url_key == "adoptScratchUrl"
+    assert cfg.adoption.image == "customer-insights/postgres-cron:15"
+
+
+@pytest.mark.parametrize(("values", "key", "fragment"), [
+    ({"adoptFrom": "liquibase"}, "adoptFrom", "use one of knex, flyway, dbmate, golang-migrate"),
+    ({"adoptFrom": "knex", "mode": "container"}, "adoptFrom", "set mode to external"),
+    ({"adoptAccept": ["index x"]}, "adoptAccept", "set only while adopting"),
+    ({"adoptFrom": "knex", "adoptAccept": "index x"}, "adoptAccept", "must be a list of difference ids"),
+])
+def test_adoption_errors_name_the_key_and_the_fix(values: dict[str, Any], key: str, fragment: str) -> None:
+    assert fragment in only_problem({**EXTERNAL, **values}, key)

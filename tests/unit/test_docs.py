@@ -5,19 +5,17 @@ and every relative link between the documents resolves (file and heading)."""
 from __future__ import annotations
 
 import ast
-import contextlib
 import importlib
 import inspect
 import re
 import unicodedata
 from pathlib import Path
-from typing import Any
 
 import pulumi
 import pytest
 
 import infra.config
-from infra.config import DictSource, load
+from tests.unit.test_project_config import keys_read as keys_asked_by_load
 
 pytestmark = pytest.mark.unit
 
@@ -26,7 +24,6 @@ README = REPO / "README.md"
 DOCUMENTS = [README, *sorted((REPO / "docs").glob("*.md"))]
 CONFIG_SOURCE = REPO / "infra" / "config.py"
 PROGRAM = REPO / "__main__.py"
-NAMESPACE = "customer-insights-db"
 # Where the documents' class names may come from, besides the Python of this repository.
 LIBRARIES = ("pulumi", "pulumi_docker", "pulumi_postgresql", "pulumi_random", "psycopg", "psycopg.errors")
 CODE_FOLDERS = ("infra", "devsupport", "scripts", "bench")
@@ -101,56 +98,31 @@ def keys_in_config_source() -> set[str]:
     return keys
 
 
-class _Recorder(DictSource):
-    """A config source that notes every key it is asked for."""
-
-    def __init__(self, values: dict[str, Any], asked: set[str]) -> None:
-        super().__init__(values)
-        self.asked = asked
-
-    def get(self, key: str) -> str | None:
-        self.asked.add(key)
-        return super().get(key)
-
-    def get_object(self, key: str) -> Any:
-        self.asked.add(key)
-        return super().get_object(key)
+def keys_read(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """What infra/config.py's source names, and what `load` asks for in either mode (test_project_config)."""
+    return keys_in_config_source() | set(keys_asked_by_load(monkeypatch))
 
 
-def keys_asked_by_load() -> set[str]:
-    """Keys `infra.config.load` asks its source for, in either mode."""
-    asked: set[str] = set()
-    for values in ({"mode": "container"},
-                   {"mode": "external", "externalHost": "db.example", "externalAdminPassword": "x"}):
-        with contextlib.suppress(infra.config.ConfigError):  # a key a later change requires was still asked for
-            load(_Recorder(values, asked), NAMESPACE, stack="prod")
-    return asked
-
-
-def keys_read() -> set[str]:
-    return keys_in_config_source() | keys_asked_by_load()
-
-
-def test_the_key_readers_are_found() -> None:
+def test_the_key_readers_are_found(monkeypatch: pytest.MonkeyPatch) -> None:
     """The two ways of finding the keys each see the keys everybody knows are there."""
-    for found in (keys_in_config_source(), keys_asked_by_load()):
+    for found in (keys_in_config_source(), set(keys_asked_by_load(monkeypatch))):
         assert {"mode", "databaseName", "externalHost", "externalAdminPassword", "acceptChecksums",
                 "passwordRotation", "protectData"} <= found
 
 
-def test_every_documented_config_key_is_read_by_infra_config() -> None:
-    unread = sorted(set(first_cell_names(README, "Configuration", "config key")) - keys_read())
+def test_every_documented_config_key_is_read_by_infra_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    unread = sorted(set(first_cell_names(README, "Configuration", "config key")) - keys_read(monkeypatch))
     assert not unread, (
         f"README.md's Configuration table documents {unread}, which infra/config.py does not read: remove "
         "the row(s) from README.md, or rename them to the key infra/config.py reads now"
     )
 
 
-def test_every_config_key_infra_config_reads_is_documented() -> None:
+def test_every_config_key_infra_config_reads_is_documented(monkeypatch: pytest.MonkeyPatch) -> None:
     documented = first_cell_names(README, "Configuration", "config key")
     twice = sorted({key for key in documented if documented.count(key) > 1})
     assert not twice, f"README.md's Configuration table has more than one row for {twice}: keep one"
-    missing = sorted(keys_read() - set(documented))
+    missing = sorted(keys_read(monkeypatch) - set(documented))
     assert not missing, (
         f"infra/config.py reads {missing}, which README.md's Configuration table does not document: add a row "
         "`| `key` | default | meaning |` for each to the table in README.md"
@@ -256,7 +228,7 @@ def test_every_class_the_documents_name_exists() -> None:
     problems = []
     for path in DOCUMENTS:
         for number, line in enumerate(prose(path.read_text()).splitlines(), 1):
-            for name in re.findall(r"`([A-Z][a-z0-9]+(?:[A-Z][A-Za-z0-9]*)*)`", line):
+            for name in re.findall(r"`([A-Z][a-z][A-Za-z0-9]*)`", line):
                 if name not in known and name not in NOT_CODE and not library_has(name):
                     problems.append(f"{rel(path)}:{number}: `{name}`")
     assert not problems, (
