@@ -31,6 +31,10 @@ MAX_PASSWORD_LENGTH = 128
 MODES = ("container", "external")
 DEV_STACK = "dev"  # the one stack whose data is not protected by default (protectData)
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# Databases every PostgreSQL server has and needs: the program would own them and drop them on destroy.
+SERVER_DATABASES = ("postgres", "template0", "template1")
+# PostgreSQL reserves role names starting with pg_ (CREATE ROLE refuses them).
+RESERVED_ROLE_PREFIX = "pg_"
 
 
 class ConfigError(pulumi.RunError, ValueError):
@@ -328,6 +332,8 @@ def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
     # Only the throwaway `dev` stack defaults to unprotected: a stack that forgets the key is safe.
     protect_data = r.boolean("protectData", stack != DEV_STACK)
 
+    _server_owned_names(r, database, roles, server)
+
     if r.problems:
         raise ConfigError(r.problems)
     return StackConfig(
@@ -341,6 +347,29 @@ def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
         protect_data=protect_data,
         password_rotation=password_rotation,
     )
+
+
+def _server_owned_names(r: _Reader, database: str, roles: RoleNames,
+                        server: ContainerServer | ExternalServer) -> None:
+    """Names the server owns or reserves: the program must never manage (and on destroy drop) them."""
+    admin_database = server.admin_database if isinstance(server, ExternalServer) else "postgres"
+    if database in SERVER_DATABASES or database == admin_database:
+        what = ("a database the server needs" if database in SERVER_DATABASES
+                else "the admin database Pulumi connects to")
+        r.problem("databaseName", f"{database!r} is {what}: this stack would manage it and drop it on destroy; "
+                                  "choose the application's own name, e.g. `pulumi config set databaseName "
+                                  "customer_insights`")
+    admin_user = server.superuser if isinstance(server, ContainerServer) else server.admin_user
+    reserved = [role for role in roles.all() if role.startswith(RESERVED_ROLE_PREFIX)]
+    if reserved:
+        r.problem("rolePrefix", f"role names {', '.join(reserved)} start with {RESERVED_ROLE_PREFIX!r}, which "
+                                "PostgreSQL reserves for its own roles; use a prefix that does not start with "
+                                "'pg', e.g. `pulumi config set rolePrefix ci`")
+    if admin_user in roles.all():
+        who = "the container's superuser" if isinstance(server, ContainerServer) else "externalAdminUser"
+        r.problem("rolePrefix", f"role name {admin_user!r} is {who}, the role Pulumi administers the server "
+                                "with: this stack would manage it and drop it on destroy; use another prefix, "
+                                "e.g. `pulumi config set rolePrefix ci`")
 
 
 ROTATION_KEYS = ("all", "owner", "app", "readonly", "cleanup")
