@@ -21,6 +21,7 @@ from .errors import (
     MigrationsError,
     OutOfOrderMigrationError,
     RefusedMigrationError,
+    RenamedMigrationError,
 )
 from .files import (
     NO_TRANSACTION_MARKER,
@@ -31,7 +32,7 @@ from .files import (
     next_migration_paths,
 )
 from .locking import LOCK_KEY, LOCK_NAME
-from .runner import Migrator, check_order
+from .runner import Migrator, check_identity, check_order
 from .statements import Statement, split_statements
 from .tracking import AppliedMigration, highest_of
 
@@ -49,7 +50,9 @@ __all__ = [
     "Migrator",
     "OutOfOrderMigrationError",
     "RefusedMigrationError",
+    "RenamedMigrationError",
     "Statement",
+    "check_identity",
     "check_order",
     "checksum_of",
     "highest_of",
