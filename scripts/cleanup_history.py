@@ -70,7 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.database_url:
         parser.error("pass --database-url or set DATABASE_URL")
-    runs = history(args.database_url, args.job, args.limit)
+    try:
+        runs = history(args.database_url, args.job, args.limit)
+    except psycopg.Error as exc:
+        print(f"cannot read the run history of job {args.job!r}: {str(exc).strip()}\n"
+              "Check --database-url (the cron database, as a role that may read cron.job_run_details)",
+              file=sys.stderr)
+        return 1
     print(f"{'run':>6}  {'status':<10} {'started (UTC)':<20} {'duration':>10} {'rows':>9} {'batches':>8}  message")
     for run in runs:
         started = run.started.strftime("%Y-%m-%d %H:%M:%S") if run.started else "-"

@@ -113,12 +113,23 @@ def main(argv: list[str] | None = None) -> int:
     for p in (er, graph):
         p.add_argument("--png", action="store_true", help="also render OUT.png with Graphviz")
     args = parser.parse_args(argv)
-    source: Any = er_dot(args.database_url) if args.picture == "er" else graph_dot(args.stack_graph.read_text())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(source)
-    print(args.out)
-    if args.png:
-        print(render_png(args.out, reduce=args.picture == "graph"))
+    try:
+        source: Any = er_dot(args.database_url) if args.picture == "er" else graph_dot(args.stack_graph.read_text())
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(source)
+        print(args.out)
+        if args.png:
+            print(render_png(args.out, reduce=args.picture == "graph"))
+    except psycopg.Error as exc:
+        print(f"cannot read the catalog: {str(exc).strip()}\nCheck --database-url", file=sys.stderr)
+        return 1
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"{exc}\nfor `graph`, pass the file `pulumi stack graph FILE` wrote", file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as exc:
+        print(f"Graphviz failed ({' '.join(map(str, exc.cmd))}, exit {exc.returncode}): {exc.stderr or ''}".strip(),
+              file=sys.stderr)
+        return 1
     return 0
 
 
