@@ -92,6 +92,7 @@ class Live:
         for fragment in fragments:
             assert fragment in message, (fragment, message[-4000:])
         assert "Traceback" not in message and 'File "' not in message, message[-4000:]
+        print(message)  # the test's log shows what a user sees
         return message
 
     def converged(self) -> None:
@@ -138,7 +139,7 @@ def live(pulumi_cli: auto.PulumiCommand, tmp_path_factory: pytest.TempPathFactor
         before_up = subprocess.run(
             [sys.executable, "-c", OLD_PROGRAM_UP, str(old), stack.workspace.work_dir, stack.name, PROJECT,
              str(pulumi_bin_dir().parent)],
-            cwd=old, env=env, capture_output=True, text=True, timeout=900, check=False, start_new_session=True,
+            cwd=old, env=env, capture_output=True, text=True, timeout=900, check=False,
         )
         assert before_up.returncode == 0, before_up.stdout[-3000:] + before_up.stderr[-3000:]
         live = Live(stack=stack, sql=sql, container=f"postgres-{stack.name}", database=database)

@@ -342,3 +342,16 @@ def test_creating_diffing_and_pickling_a_provider_opens_no_connection(
     provider.diff("1", olds, news)
     dill.loads(base64.b64decode(serialize_provider(provider)))
     pickle.loads(pickle.dumps(provider))
+
+
+def test_an_expected_failure_outside_the_provider_host_is_raised_as_is() -> None:
+    # Inside the host the status carries the message (tests/e2e/test_careless_edits.py, real CLI).
+    from infra.dynamic.base import ProviderFailure, reported_delete
+
+    class Failing:
+        @reported_delete
+        def delete(self, _id: str, props: dict[str, Any]) -> None:
+            raise ProviderFailure("the message")
+
+    with pytest.raises(ProviderFailure, match="the message"):
+        Failing().delete("1", {})
