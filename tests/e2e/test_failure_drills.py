@@ -108,7 +108,7 @@ def descendants(pid: int) -> list[int]:
 
 
 class Runner:
-    """`pulumi up` of an existing stack in a process group of its own (tests/e2e/drill_runner.py)."""
+    """`pulumi up` of an existing stack in a session of its own (tests/e2e/drill_runner.py), reaped whole."""
 
     def __init__(self, stack: auto.Stack, backend: Path, spec: dict[str, Any]) -> None:
         self.proc = subprocess.Popen(
