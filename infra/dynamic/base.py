@@ -52,7 +52,7 @@ def _servicer_call() -> tuple[Any, grpc.ServicerContext] | None:
 def resource_urn() -> str | None:
     """The URN of the resource the host's current call is about (delete and update requests carry it)."""
     call = _servicer_call()
-    return getattr(call[0], "urn", None) or None if call else None
+    return (getattr(call[0], "urn", None) or None) if call else None
 
 
 def reported(placeholder: Callable[..., Any]) -> Callable[[_Method], _Method]:
