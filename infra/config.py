@@ -34,6 +34,10 @@ SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 # migrationLockTimeout: the application's queries queue behind a waiting ALTER for up to this long per
 # attempt (bench/README.md, "Migrations behind a blocker").
 DEFAULT_LOCK_TIMEOUT_MS = 2000
+# Databases every PostgreSQL server has and needs: the program would own them and drop them on destroy.
+SERVER_DATABASES = ("postgres", "template0", "template1")
+# PostgreSQL reserves role names starting with pg_ (CREATE ROLE refuses them).
+RESERVED_ROLE_PREFIX = "pg_"
 
 
 class ConfigError(pulumi.RunError, ValueError):
@@ -351,6 +355,7 @@ def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
     protect_data = r.boolean("protectData", stack != DEV_STACK)
 
     adoption = _adoption(r, source, mode)
+    _server_owned_names(r, database, roles, server)
 
     if r.problems:
         raise ConfigError(r.problems)
@@ -418,6 +423,29 @@ def _adoption(r: _Reader, source: ConfigSource, mode: str) -> AdoptionSettings |
                   "(a container stack creates its own database)")
     return AdoptionSettings(tool=tool, accept=frozenset(accept), scratch_url_key="adoptScratchUrl" if scratch else None,
                             image=image)
+
+
+def _server_owned_names(r: _Reader, database: str, roles: RoleNames,
+                        server: ContainerServer | ExternalServer) -> None:
+    """Names the server owns or reserves: the program must never manage (and on destroy drop) them."""
+    admin_database = server.admin_database if isinstance(server, ExternalServer) else "postgres"
+    if database in SERVER_DATABASES or database == admin_database:
+        what = ("a database the server needs" if database in SERVER_DATABASES
+                else "the admin database Pulumi connects to")
+        r.problem("databaseName", f"{database!r} is {what}: this stack would manage it and drop it on destroy; "
+                                  "choose the application's own name, e.g. `pulumi config set databaseName "
+                                  "customer_insights`")
+    admin_user = server.superuser if isinstance(server, ContainerServer) else server.admin_user
+    reserved = [role for role in roles.all() if role.startswith(RESERVED_ROLE_PREFIX)]
+    if reserved:
+        r.problem("rolePrefix", f"role names {', '.join(reserved)} start with {RESERVED_ROLE_PREFIX!r}, which "
+                                "PostgreSQL reserves for its own roles; use a prefix that does not start with "
+                                "'pg', e.g. `pulumi config set rolePrefix ci`")
+    if admin_user in roles.all():
+        who = "the container's superuser" if isinstance(server, ContainerServer) else "externalAdminUser"
+        r.problem("rolePrefix", f"role name {admin_user!r} is {who}, the role Pulumi administers the server "
+                                "with: this stack would manage it and drop it on destroy; use another prefix, "
+                                "e.g. `pulumi config set rolePrefix ci`")
 
 
 ROTATION_KEYS = ("all", "owner", "app", "readonly", "cleanup")

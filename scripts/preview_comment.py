@@ -139,7 +139,9 @@ def render(preview: dict[str, Any], stack: str | None = None) -> str:
 
 def _migration_lines(review: MigrationReview) -> list[str]:
     if review.op == "delete":
-        return [f"- **`{review.name}`** will be **reverted**: its down script runs (the file left `sql/`)", ""]
+        return [f"- **`{review.name}`**: its file left `sql/` while applied; `pulumi up` will **refuse** "
+                "(its down script does not run): restore the file, or revert it on purpose with "
+                "`pulumi destroy --target`", ""]
     verb = "will run" if review.op in ("create", "replace") else f"{review.op}: state only, runs nothing"
     lines = [f"- **`{review.name}`** {verb}" + (f": {review.does}" if review.does else "")]
     for warning in review.warnings:
@@ -167,7 +169,7 @@ def _verdict(migrations: list[MigrationReview], others: list[Change], errors: li
     if running:
         parts.append(f"{_count(len(running), 'migration')} will run")
     if reverted:
-        parts.append(f"{len(reverted)} will be REVERTED")
+        parts.append(f"{_count(len(reverted), 'migration file')} removed while applied")
     if others:
         parts.append(_count(len(others), "other resource change"))
     summary = ", ".join(parts)
@@ -177,7 +179,7 @@ def _verdict(migrations: list[MigrationReview], others: list[Change], errors: li
     if blocking:
         risks.append(_count(blocking, "blocking statement"))
     if reverted:
-        risks.append("a down script runs")
+        risks.append("an applied migration file was removed (`pulumi up` refuses it)")
     if lost:
         risks.append(f"{_count(len(lost), 'resource')} replaced or deleted")
     if risks:
@@ -192,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         text = sys.stdin.read() if args.preview_json == "-" else Path(args.preview_json).read_text()
-    except OSError as exc:
-        print(f"{args.preview_json}: {exc.strerror}; pass the file `pulumi preview --json > FILE` wrote",
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"{args.preview_json}: cannot read it ({exc}); pass the file `pulumi preview --json` wrote",
               file=sys.stderr)
         return 2
     try:

@@ -115,18 +115,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         source: Any = er_dot(args.database_url) if args.picture == "er" else graph_dot(args.stack_graph.read_text())
-    except psycopg.Error as exc:  # a wrong URL, a refused login, an unreachable server
-        print(f"preview_pictures: cannot read the catalog: {str(exc).strip()}", file=sys.stderr)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(source)
+        print(args.out)
+        if args.png:
+            print(render_png(args.out, reduce=args.picture == "graph"))
+    except psycopg.Error as exc:
+        print(f"cannot read the catalog: {str(exc).strip()}\nCheck --database-url", file=sys.stderr)
         return 2
-    except OSError as exc:
-        print(f"preview_pictures: cannot read {args.stack_graph}: {exc.strerror} "
-              "(write it with `pulumi stack graph FILE`)", file=sys.stderr)
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"{exc}\nfor `graph`, pass the file `pulumi stack graph FILE` wrote", file=sys.stderr)
         return 2
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(source)
-    print(args.out)
-    if args.png:
-        print(render_png(args.out, reduce=args.picture == "graph"))
+    except subprocess.CalledProcessError as exc:
+        print(f"Graphviz failed ({' '.join(map(str, exc.cmd))}, exit {exc.returncode}): {exc.stderr or ''}".strip(),
+              file=sys.stderr)
+        return 2
     return 0
 
 

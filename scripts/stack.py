@@ -89,7 +89,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    stack = select_stack(args.stack, args.backend_url)
+    try:
+        stack = select_stack(args.stack, args.backend_url)
+    except OSError as exc:
+        print(f"Cannot use the state backend {args.backend_url}: {exc}. Pass a writable --backend-url "
+              "(or set PULUMI_BACKEND_URL)", file=sys.stderr)
+        return 1
+    except auto.errors.CommandError as exc:
+        print(f"Cannot select stack {args.stack!r}:", str(exc).split("stderr:", 1)[-1].strip(), file=sys.stderr)
+        return 1
     try:
         if args.command == "up":
             stack.up(on_output=print, color="never")

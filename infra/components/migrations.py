@@ -81,6 +81,7 @@ class Migrations(pulumi.ComponentResource):
         previous: Migration | None = None
         for migration in args.migrations:
             previous = Migration(
+                # Named after the file (the provider refuses a rename of an applied one, naming this name).
                 migration.filename.removesuffix(".sql"),
                 migration=migration,
                 connection=args.connection,

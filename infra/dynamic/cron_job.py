@@ -18,7 +18,16 @@ from psycopg import sql
 from pulumi.dynamic import CreateResult, ReadResult, Resource, UpdateResult
 
 from infra.connection import DATABASE, Connection, conninfo
-from infra.dynamic.base import DiffingProvider, password_kept_secret, renamed_from_generic_type
+from infra.dynamic.base import (
+    DiffingProvider,
+    ProviderFailure,
+    password_kept_secret,
+    renamed_from_generic_type,
+    reported_create,
+    reported_delete,
+    reported_read,
+    reported_update,
+)
 
 APPLICATION_NAME = "pulumi-cron-job"
 HISTORY_SCHEMA = "job_history"
@@ -67,7 +76,21 @@ def _revoke_history(conn: psycopg.Connection[Any], props: dict[str, Any], role: 
 
 
 def _connect(props: dict[str, Any]) -> psycopg.Connection[Any]:
-    return psycopg.connect(conninfo(props, application_name=APPLICATION_NAME), autocommit=True)
+    try:
+        return psycopg.connect(conninfo(props, application_name=APPLICATION_NAME), autocommit=True)
+    except psycopg.Error as e:
+        raise ProviderFailure(f"cron job {props.get('job_name')!r}: cannot connect to the database: "
+                              f"{e}".rstrip()) from None
+
+
+def _failed(props: dict[str, Any], action: str, e: psycopg.Error) -> ProviderFailure:
+    """PostgreSQL's refusal of a pg_cron call, as the job's own message (nothing was changed)."""
+    diag = e.diag
+    parts = [f"cron job {props.get('job_name')!r}: cannot {action}: {diag.message_primary or str(e).strip()}"]
+    parts += [f"  {label}: {value}" for label, value in
+              (("sqlstate", e.sqlstate), ("detail", diag.message_detail), ("hint", diag.message_hint)) if value]
+    parts.append("  nothing was changed; fix the cause and run `pulumi up` again")
+    return ProviderFailure("\n".join(parts))
 
 
 class CronJobProvider(DiffingProvider):
@@ -78,50 +101,73 @@ class CronJobProvider(DiffingProvider):
     # credentials that delete and refresh will use.
     ignored_keys: ClassVar[frozenset[str]] = frozenset({"job_id"})
 
+    @reported_create
     def create(self, props: dict[str, Any]) -> CreateResult:
         with _connect(props) as conn:
-            row = conn.execute(
-                "SELECT cron.schedule_in_database(%s, %s, %s, %s, %s, %s)",
-                (props["job_name"], props["schedule"], props["command"], props["database"],
-                 props["run_as"], props["active"]),
-            ).fetchone()
-            assert row is not None
-            _grant_history(conn, props, int(row[0]))
+            try:
+                row = conn.execute(
+                    "SELECT cron.schedule_in_database(%s, %s, %s, %s, %s, %s)",
+                    (props["job_name"], props["schedule"], props["command"], props["database"],
+                     props["run_as"], props["active"]),
+                ).fetchone()
+                assert row is not None
+                _grant_history(conn, props, int(row[0]))
+            except psycopg.Error as e:
+                raise _failed(props, "schedule it", e) from None
         pulumi.log.info(f"cron job {props['job_name']!r} scheduled as job {row[0]} ({props['schedule']})")
         return CreateResult(id_=str(row[0]), outs={**props, "job_id": int(row[0])})
 
+    @reported_update
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         with _connect(news) as conn:
-            conn.execute(
-                "SELECT cron.alter_job(%s, schedule => %s, command => %s, database => %s,"
-                " username => %s, active => %s)",
-                (int(id_), news["schedule"], news["command"], news["database"], news["run_as"], news["active"]),
-            )
-            gone = sorted(set(olds.get("history_readers") or []) - set(news.get("history_readers") or []))
-            _grant_history(conn, news, int(id_), revoke_from=gone)
+            try:
+                if conn.execute("SELECT 1 FROM cron.job WHERE jobid = %s", (int(id_),)).fetchone() is None:
+                    raise ProviderFailure(
+                        f"cron job {news['job_name']!r}: cannot update job {id_}: it is no longer in cron.job "
+                        "(unscheduled outside Pulumi); nothing was changed. Run `pulumi refresh` (the job "
+                        "leaves the state), then `pulumi up` schedules it again"
+                    )
+                conn.execute(
+                    "SELECT cron.alter_job(%s, schedule => %s, command => %s, database => %s,"
+                    " username => %s, active => %s)",
+                    (int(id_), news["schedule"], news["command"], news["database"], news["run_as"], news["active"]),
+                )
+                gone = sorted(set(olds.get("history_readers") or []) - set(news.get("history_readers") or []))
+                _grant_history(conn, news, int(id_), revoke_from=gone)
+            except psycopg.Error as e:
+                raise _failed(news, f"update job {id_}", e) from None
         return UpdateResult(outs={**news, "job_id": int(id_)})
 
+    @reported_delete
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         with _connect(props) as conn:
-            exists = conn.execute("SELECT 1 FROM cron.job WHERE jobid = %s", (int(id_),)).fetchone()
-            if exists:
-                conn.execute("SELECT cron.unschedule(%s::bigint)", (int(id_),))
-            with conn.transaction():
-                conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}(integer)").format(history_function(props["job_name"])))
-                for role in props.get("history_readers") or []:
-                    if conn.execute("SELECT to_regnamespace(%s)", (HISTORY_SCHEMA,)).fetchone() != (None,):
-                        _revoke_history(conn, props, role)
-            # The schema stays while another stack's job on this server keeps its function there.
-            if conn.execute("SELECT count(*) FROM pg_proc WHERE pronamespace = to_regnamespace(%s)",
-                            (HISTORY_SCHEMA,)).fetchone() == (0,):
-                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {}").format(sql.Identifier(HISTORY_SCHEMA)))
+            try:
+                exists = conn.execute("SELECT 1 FROM cron.job WHERE jobid = %s", (int(id_),)).fetchone()
+                if exists:
+                    conn.execute("SELECT cron.unschedule(%s::bigint)", (int(id_),))
+                with conn.transaction():
+                    conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}(integer)").format(
+                        history_function(props["job_name"])))
+                    for role in props.get("history_readers") or []:
+                        if conn.execute("SELECT to_regnamespace(%s)", (HISTORY_SCHEMA,)).fetchone() != (None,):
+                            _revoke_history(conn, props, role)
+                # The schema stays while another stack's job on this server keeps its function there.
+                if conn.execute("SELECT count(*) FROM pg_proc WHERE pronamespace = to_regnamespace(%s)",
+                                (HISTORY_SCHEMA,)).fetchone() == (0,):
+                    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {}").format(sql.Identifier(HISTORY_SCHEMA)))
+            except psycopg.Error as e:
+                raise _failed(props, f"unschedule job {id_}", e) from None
 
+    @reported_read
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         with _connect(props) as conn:
-            row = conn.execute(
-                "SELECT schedule, command, database, username, active FROM cron.job WHERE jobid = %s",
-                (int(id_),),
-            ).fetchone()
+            try:
+                row = conn.execute(
+                    "SELECT schedule, command, database, username, active FROM cron.job WHERE jobid = %s",
+                    (int(id_),),
+                ).fetchone()
+            except psycopg.Error as e:
+                raise _failed(props, f"read job {id_}", e) from None
         if row is None:
             return ReadResult(id_="", outs={})
         schedule, command, database, run_as, active = row

@@ -16,10 +16,10 @@ import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, ReadResult, Resource, UpdateResult
 
 from infra.docker_cli import run_docker
-from infra.dynamic.base import DiffingProvider
+from infra.dynamic.base import DiffingProvider, ProviderFailure, reported_read
 
 
-class DataVolumeGone(Exception):
+class DataVolumeGone(ProviderFailure):
     """The recorded volume no longer exists (raised by `read`, i.e. during `pulumi refresh`)."""
 
 
@@ -74,6 +74,7 @@ class DataVolumeProvider(DiffingProvider):
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         return UpdateResult(outs=news)
 
+    @reported_read
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         if volume_missing(props["volume"], props.get("docker_host") or None):
             raise DataVolumeGone(gone_message(props))

@@ -17,19 +17,28 @@ from infra.connection import Connection, conninfo, database_of
 from infra.dynamic.base import (
     PROVIDER_KEY,
     DiffingProvider,
+    ProviderFailure,
     password_kept_secret,
     renamed_from_generic_type,
+    reported_create,
+    reported_delete,
+    reported_read,
+    reported_update,
+    resource_urn,
     stop_waiting_on_property_outputs,
 )
 from infra.migrate import (
     AppliedMigration,
     ChecksumMismatchError,
     MigrationBlockedError,
+    MigrationFailedError,
     MigrationFile,
     MigrationsError,
     Migrator,
     OutOfOrderMigrationError,
+    RenamedMigrationError,
     StatementLimits,
+    check_identity,
     check_order,
     highest_of,
 )
@@ -66,18 +75,46 @@ def _fix(props: dict[str, Any], refusal: str) -> str | None:
 # since: that may hide a refusal here, never invent one, and create() checks again under the lock.
 _applied_by_database: dict[tuple[Any, ...], dict[str, AppliedMigration] | None] = {}
 
+# The files the program declares (version -> filename) by database, as `check` saw them in this
+# provider process: filled whenever the program runs (preview, up), empty in `pulumi destroy`, which
+# does not run it. A delete while the program declares the database's files is a file's removal or
+# rename, never a destroy: its down script must not run.
+_declared_by_database: dict[tuple[Any, ...], dict[str, str]] = {}
 
-def _out_of_order(news: dict[str, Any]) -> str | None:
-    """Why a pending migration must not be applied (a higher version is), checked in `preview`."""
+
+def _applied(news: dict[str, Any]) -> dict[str, AppliedMigration] | None:
     key = database_of(news)
-    if news.get("allow_out_of_order") or key is None:
+    if key is None:
         return None  # unknown connection: the database is being created, nothing is applied there yet
     if key not in _applied_by_database:
         try:
             _applied_by_database[key] = _migrator(news).applied()
         except MigrationsError:  # not reachable yet (a server being replaced): create() decides
             _applied_by_database[key] = None
-    applied = _applied_by_database[key]
+    return _applied_by_database[key]
+
+
+def _state_rename(urn: str | None, error: RenamedMigrationError) -> str:
+    """The Pulumi way to keep a file's new name: the resource (named after the file) is renamed first."""
+    old = f"{urn.rsplit('::', 1)[0]}::{error.applied_filename.removesuffix('.sql')}" if urn else "<its URN>"
+    return (f"rename its resource in the state first, `pulumi state rename '{old}' "
+            f"{error.filename.removesuffix('.sql')}`, then `pulumi up` records the new name and runs nothing")
+
+
+def _renamed(news: dict[str, Any]) -> str | None:
+    """Why a file Pulumi has not recorded must not be applied: its version is applied under another name."""
+    try:
+        check_identity(_migration(news), _applied(news) or {})
+    except RenamedMigrationError as refused:
+        return str(refused.with_fix(_state_rename(resource_urn(), refused)))
+    return None
+
+
+def _out_of_order(news: dict[str, Any]) -> str | None:
+    """Why a pending migration must not be applied (a higher version is), checked in `preview`."""
+    if news.get("allow_out_of_order"):
+        return None
+    applied = _applied(news)
     if not applied or news["version"] in applied:
         return None
     try:
@@ -106,11 +143,41 @@ def _checksum_mismatch(olds: dict[str, Any], news: dict[str, Any]) -> ChecksumMi
     )
 
 
+def _kept_from_reverting(props: dict[str, Any]) -> str | None:
+    """Why a delete must not run the down script: the program runs and no longer declares this file."""
+    declared = _declared_by_database.get(database_of(props) or ())
+    if not declared or declared.get(props["version"]) == props["filename"]:
+        return None  # `pulumi destroy` (the program did not run), or the file is still there
+    urn = resource_urn() or "<its URN: pulumi stack --show-urns>"
+    now = declared.get(props["version"])
+    what = (f"is now {now} (the same version): a rename, which must not revert it" if now else
+            f"left the migrations directory while applied: no file has version {props['version']} any more")
+    return (
+        f"{props['filename']} (version {props['version']}) {what}. Refused: its down script did not run, "
+        "nothing changed.\nRestore the file"
+        + (f" (rename {now} back)" if now else " (and its .down.sql)")
+        + f" and run `pulumi up` again; to revert it on purpose (its down script runs): "
+        f"`pulumi destroy --target '{urn}'`; to keep the schema as it is and drop the migration from the "
+        f"Pulumi state without running anything: `pulumi state delete '{urn}'`."
+    )
+
+
+def _down_script_failed(failed: MigrationFailedError) -> ProviderFailure:
+    urn = resource_urn() or "<its URN: pulumi stack --show-urns>"
+    return ProviderFailure(
+        f"{failed}\n  What to do: remove the cause and run the command again; or keep the migration "
+        "(restore its files if they left the migrations directory, and run `pulumi up`: nothing runs); or "
+        "drop it from the Pulumi state without running its down script (the schema stays as it is): "
+        f"`pulumi state delete '{urn}'`."
+    )
+
+
 class MigrationProvider(DiffingProvider):
-    # A file's identity is its version and name. New connection details (a rotated password) or a
-    # new keep-data switch are in-place updates that run nothing: the state must hold the current
-    # ones, since destroy and refresh connect with what the state holds.
-    replace_keys: ClassVar[frozenset[str]] = frozenset({"version", "name", "filename"})
+    # A file's identity is its version: no input replaces it (a replacement would run its down
+    # script). A new name (a file renamed in the state too), new connection details (a rotated
+    # password) or a new keep-data switch are in-place updates that run nothing: the state must hold
+    # the current ones, since destroy and refresh connect with what the state holds.
+    replace_keys: ClassVar[frozenset[str]] = frozenset()
     ignored_keys: ClassVar[frozenset[str]] = frozenset(
         {"accept_checksum", "allow_out_of_order", "fixes", "limits", "applied_at", "duration_ms", "applied_by",
          "adopted"}
@@ -124,9 +191,15 @@ class MigrationProvider(DiffingProvider):
         or in `diff` would reach the user buried under the provider host's Python traceback.
         `olds` are the inputs in the state: empty for a pending migration.
         """
+        if (key := database_of(news)) is not None:
+            _declared_by_database.setdefault(key, {})[news["version"]] = news["filename"]
+        if olds and olds.get("version") != news["version"]:
+            return CheckResult(news, [CheckFailure("", (
+                f"{news['filename']}: this resource was recorded as version {olds.get('version')} "
+                f"({olds.get('filename')}); a migration's identity is its version: give the file its version back"))])
         if mismatch := _checksum_mismatch(olds, news):
             return CheckResult(news, [CheckFailure("", str(mismatch))])
-        if not olds and (refusal := _out_of_order(news)):
+        if not olds and (refusal := _renamed(news) or _out_of_order(news)):
             return CheckResult(news, [CheckFailure("", refusal)])
         return CheckResult(news, [])
 
@@ -136,6 +209,7 @@ class MigrationProvider(DiffingProvider):
             raise mismatch
         return super().diff(_id, olds, news)
 
+    @reported_create
     def create(self, props: dict[str, Any]) -> CreateResult:
         try:
             record, adopted = _migrator(props).apply(_migration(props))
@@ -143,8 +217,11 @@ class MigrationProvider(DiffingProvider):
             raise refused.with_fix(_fix(props, "allow_out_of_order")) from None
         except MigrationBlockedError as blocked:
             raise blocked.with_fix(_fix(props, "lock_wait")) from None
+        except RenamedMigrationError as refused:  # the same, for a renamed file
+            raise refused.with_fix(_state_rename(resource_urn(), refused)) from None
         return CreateResult(id_=props["version"], outs=_outs(props, record, adopted))
 
+    @reported_update
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         migration = _migration(news)
         migrator = _migrator(news)
@@ -152,20 +229,30 @@ class MigrationProvider(DiffingProvider):
             # Only reachable with accept_checksum (see diff): a repair, nothing is re-run.
             record = migrator.repair(migration)
             return UpdateResult(outs=_outs(news, record, adopted=True))
+        if olds.get("name") != news["name"]:  # renamed in the state and in the directory: recorded, nothing runs
+            record = migrator.rename(migration)
+            return UpdateResult(outs=_outs(news, record, adopted=bool(olds.get("adopted"))))
         current = migrator.check(migration)
         if current is None:
-            raise RuntimeError(
+            raise ProviderFailure(
                 f"{migration.filename} is in the Pulumi state but not in the tracking table: "
                 "run `pulumi refresh` so the next `pulumi up` applies it again"
             )
         return UpdateResult(outs=_outs(news, current, adopted=bool(olds.get("adopted"))))
 
+    @reported_delete
     def delete(self, _id: str, props: dict[str, Any]) -> None:
+        if refusal := _kept_from_reverting(props):
+            raise ProviderFailure(refusal)
         if props.get("keep_on_destroy"):
             pulumi.log.info(f"{props['filename']}: kept ({_fix(props, 'keep_data') or 'keep_on_destroy is set'})")
             return
-        _migrator(props).revert(_migration(props))
+        try:
+            _migrator(props).revert(_migration(props))
+        except MigrationFailedError as failed:
+            raise _down_script_failed(failed) from None
 
+    @reported_read
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         """`pulumi refresh`: a migration reverted outside Pulumi disappears from the state."""
         applied = _migrator(props).applied().get(props["version"])

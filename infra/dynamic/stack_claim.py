@@ -21,7 +21,7 @@ from psycopg import sql
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, ReadResult, Resource, UpdateResult
 
 from infra.connection import WIRE_KEYS, Connection, conninfo
-from infra.dynamic.base import DiffingProvider, password_kept_secret
+from infra.dynamic.base import DiffingProvider, ProviderFailure, password_kept_secret, reported_create
 
 APPLICATION_NAME = "pulumi-stack-claim"
 MARK = "customer-insights stack claim"
@@ -82,6 +82,7 @@ class StackClaimProvider(DiffingProvider):
             refusal = conflict(conn, news)
         return CheckResult(news, [CheckFailure("", refusal)] if refusal else [])
 
+    @reported_create
     def create(self, props: dict[str, Any]) -> CreateResult:
         role = claim_role(props["roles"])
         with _connect(props) as conn, conn.transaction():
@@ -111,7 +112,7 @@ class StackClaimProvider(DiffingProvider):
         return ReadResult(id_=id_, outs=props) if found else ReadResult(id_="", outs={})
 
 
-class StackClaimRefused(Exception):
+class StackClaimRefused(ProviderFailure):
     """Another stack claimed the names between this stack's preview and its `up`."""
 
 

@@ -25,6 +25,7 @@ from .errors import (
     MigrationsError,
     OutOfOrderMigrationError,
     RefusedMigrationError,
+    RenamedMigrationError,
 )
 from .files import (
     NO_TRANSACTION_MARKER,
@@ -35,7 +36,7 @@ from .files import (
     next_migration_paths,
 )
 from .locking import LOCK_KEY, LOCK_NAME
-from .runner import Migrator, check_order
+from .runner import Migrator, check_identity, check_order
 from .session import StatementLimits, session_setup
 from .statements import Statement, split_statements
 from .tracking import AppliedMigration, highest_of
@@ -55,8 +56,10 @@ __all__ = [
     "Migrator",
     "OutOfOrderMigrationError",
     "RefusedMigrationError",
+    "RenamedMigrationError",
     "Statement",
     "StatementLimits",
+    "check_identity",
     "check_order",
     "checksum_of",
     "highest_of",

@@ -51,8 +51,10 @@ class MigrationFailedError(MigrationsError):
         pg_hint: str | None = None,
         pg_context: str | None = None,
         note: str | None = None,
+        reverts: str | None = None,
     ) -> None:
         self.filename = filename
+        self.reverts = reverts
         self.statement = statement
         self.line = line
         self.pg_message = pg_message
@@ -76,8 +78,20 @@ class MigrationFailedError(MigrationsError):
             parts.append(f"  hint: {self.pg_hint}")
         if self.pg_context:
             parts.append(f"  context: {excerpt(self.pg_context, 300)}")
+        reverts = getattr(self, "reverts", None)
         if self.note:
             parts.append(f"  {self.note}")
+        elif reverts and self.transactional:
+            parts.append(f"  nothing of it ran (its transaction was rolled back): {reverts} is still applied")
+        elif reverts:
+            ran = ", ".join(str(n) for n in self.completed_lines)
+            parts.append(
+                "  not transactional (-- migrate:no-transaction): "
+                + (f"the statement(s) starting at line(s) {ran} already ran and stay; " if ran else
+                   "it was the first statement, nothing else ran; ")
+                + f"{reverts} is still recorded as applied"
+                + ("; make them re-runnable (IF EXISTS) before reverting again" if ran else "")
+            )
         elif self.transactional:
             parts.append(
                 "  nothing of it was applied (its transaction was rolled back); fix the file and apply again"
@@ -96,6 +110,10 @@ class MigrationFailedError(MigrationsError):
                 "else ran; the migration is NOT recorded"
             )
         return "\n".join(parts)
+
+    def reverting(self, up_filename: str) -> MigrationFailedError:
+        """This failure as one of the down script reverting `up_filename` (which stays applied)."""
+        return _rebuild_failed({**self.__dict__, "reverts": up_filename})
 
     def __reduce__(self) -> tuple[Any, ...]:  # picklable despite the keyword-only arguments
         return (_rebuild_failed, (self.__dict__.copy(),))
@@ -204,6 +222,54 @@ class OutOfOrderMigrationError(RefusedMigrationError):
             "after it and none depends on it, "
             + self._accept("apply it out of order")
             + "."
+        )
+
+
+class RenamedMigrationError(RefusedMigrationError):
+    """A file's version is applied under another name: the file was renamed, or versions were swapped.
+
+    A migration's identity is its version: its record keeps the name it was applied with.
+    `holds_version`/`holds_name`: the other applied migration whose checksum this file has, if any
+    (two files that swapped numbers).
+    """
+
+    def __init__(
+        self,
+        filename: str,
+        version: str,
+        applied_name: str,
+        *,
+        holds_version: str | None = None,
+        holds_name: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.filename = filename
+        self.version = version
+        self.applied_name = applied_name
+        self.holds_version = holds_version
+        self.holds_name = holds_name
+        self.fix = fix
+        super().__init__(filename, version, applied_name)
+
+    @property
+    def applied_filename(self) -> str:
+        return f"{self.version}_{self.applied_name}.sql"
+
+    def __str__(self) -> str:
+        head = (f"{self.filename} has version {self.version}, which is applied as {self.applied_filename} "
+                "(public.schema_migrations). A migration's identity is its version: ")
+        if self.holds_version is not None:
+            return (
+                head + f"this file holds what was applied as version {self.holds_version} "
+                f"({self.holds_version}_{self.holds_name}.sql), so applied migrations were renumbered. "
+                "Refused; nothing ran.\nGive the files back their versions (and their .down.sql likewise): "
+                "the order they ran in is history; put a change in a new migration."
+            )
+        return (
+            head + "a renamed applied file would be reverted under its old name and applied again under "
+            "the new one. Refused; nothing ran.\n"
+            f"Rename it back to {self.applied_filename} (and its .down.sql likewise)"
+            + (f"; or, to keep the new name, {self.fix}" if self.fix else "") + "."
         )
 
 

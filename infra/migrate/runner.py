@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, LiteralString, cast
 
@@ -41,6 +41,7 @@ from .errors import (
     MigrationFailedError,
     MigrationsError,
     OutOfOrderMigrationError,
+    RenamedMigrationError,
 )
 from .files import NO_TRANSACTION_MARKER, MigrationFile, validate_script
 from .locking import migration_lock
@@ -167,6 +168,8 @@ class Migrator:
             tracking.ensure_table(conn)
             record = tracking.fetch(conn, m.version)
             if record is not None:
+                if record.name != m.name:  # a rename or a swap: adopting it would hide a revert of the old name
+                    check_identity(m, tracking.fetch_all(conn))
                 _same_checksum(m, record)
                 self._say(f"{m.filename}: already recorded, adopted")
                 return record, True
@@ -228,7 +231,10 @@ class Migrator:
                 return record
 
             started = time.monotonic()
-            self._run(conn, m.down_filename, m.down_sql, statements, down_transactional, forget_it)
+            try:
+                self._run(conn, m.down_filename, m.down_sql, statements, down_transactional, forget_it)
+            except MigrationFailedError as failed:
+                raise failed.reverting(m.filename) from failed.__cause__
             self._say(f"{m.down_filename}: reverted in {_ms(time.monotonic() - started)} ms")
             return True
 
@@ -248,6 +254,22 @@ class Migrator:
             self._say(f"{m.filename}: checksum already {m.checksum}, nothing to repair")
         else:
             self._say(f"{m.filename}: repaired: recorded checksum {before.checksum} -> {m.checksum}")
+        return record
+
+    def rename(self, m: MigrationFile) -> AppliedMigration:
+        """Record `m.name` for the applied `m.version` (same checksum: a renamed file), running nothing."""
+        with self._session(locked=True) as conn:
+            before = tracking.fetch(conn, m.version)
+            if before is None:
+                raise MigrationsError(
+                    f"{m.filename}: cannot record its new name: version {m.version} is not applied (no row in "
+                    "public.schema_migrations)"
+                )
+            _same_checksum(m, before)
+            record = tracking.update_checksum(conn, m.version, m.name, m.checksum)
+            assert record is not None
+        if before.name != m.name:
+            self._say(f"{m.filename}: recorded its new name ({before.name} -> {m.name}); nothing ran")
         return record
 
     # ---------------------------------------------------------------- execution
@@ -476,6 +498,18 @@ def check_order(m: MigrationFile, highest: AppliedMigration | None) -> None:
         raise OutOfOrderMigrationError(
             m.filename, m.version, highest.version, highest_applied_name=highest.name
         )
+
+
+def check_identity(m: MigrationFile, applied: Mapping[str, AppliedMigration]) -> None:
+    """RenamedMigrationError if `m.version` is applied under another name (`applied`: every applied
+    migration by version), naming the other version whose checksum `m` has, if any (a swap)."""
+    record = applied.get(m.version)
+    if record is None or record.name == m.name:
+        return
+    holder = next((r for r in applied.values() if r.checksum == m.checksum and r.version != m.version), None)
+    raise RenamedMigrationError(m.filename, m.version, record.name,
+                                holds_version=holder.version if holder else None,
+                                holds_name=holder.name if holder else None)
 
 
 def _same_checksum(m: MigrationFile, record: AppliedMigration) -> None:

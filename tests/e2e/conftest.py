@@ -20,10 +20,23 @@ from pulumi import automation as auto
 from devsupport.local_postgres import ServerAddress
 from devsupport.versions import pulumi_bin_dir
 from scripts.stack import missing_plugins, workspace_env
+from tests.e2e.processes import describe, reap, wait_for_pulumi_to_exit
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = "customer-insights-e2e"
 PASSPHRASE = "e2e-test-passphrase"
+
+
+@pytest.fixture(autouse=True)
+def no_pulumi_process_left() -> Iterator[None]:
+    """After each test, nothing the Pulumi CLI started in this session (the suite's) is still running:
+    a CLI that was killed leaves its plugins behind. They are reaped, and the test fails naming them."""
+    yield
+    if left := wait_for_pulumi_to_exit(os.getsid(0)):
+        found = describe(left)
+        reap(left)
+        pytest.fail("Pulumi processes left running after the test (reaped now):\n  " + "\n  ".join(found),
+                    pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,7 @@ from infra.migrate import load_migrations
 from infra.preflight import CONNECT_TIMEOUT
 from tests.e2e.conftest import assert_not_in_state
 from tests.e2e.drill_runner import RESULT
+from tests.e2e.processes import cmdline, describe, reap, session_members
 from tests.e2e.test_full_stack import PROJECT as MAIN_PROJECT
 from tests.e2e.test_full_stack import program as main_program
 from tests.e2e.test_migrations_engine import dsn, migrations_program, recorded, tables
@@ -106,15 +107,8 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-    except OSError:
-        return []
-
-
 class Runner:
-    """`pulumi up` of an existing stack in a process group of its own (tests/e2e/drill_runner.py)."""
+    """`pulumi up` of an existing stack in a session of its own (tests/e2e/drill_runner.py), reaped whole."""
 
     def __init__(self, stack: auto.Stack, backend: Path, spec: dict[str, Any]) -> None:
         self.proc = subprocess.Popen(
@@ -127,6 +121,7 @@ class Runner:
                                           "work_dir": stack.workspace.work_dir, **spec}))
         self.proc.stdin.close()
         self.output = ""
+        self.reaped: list[str] = []
 
     def pulumi_cli_pid(self) -> int:
         found = [p for p in descendants(self.proc.pid) if (c := cmdline(p)) and c[0].endswith("pulumi") and "up" in c]
@@ -140,14 +135,23 @@ class Runner:
             self.output = self.proc.stdout.read()
         finally:
             self.kill_group()
+        assert self.left_running() == [], "the runner's processes survived being reaped"
         results = [line for line in self.output.splitlines() if line.startswith(RESULT)]
         assert results, f"the runner ended without a result:\n{self.output[-3000:]}"
         return dict(json.loads(results[-1][len(RESULT):]))
 
-    def kill_group(self) -> None:
-        """Whatever the runner started and left behind (an orphaned provider after a SIGKILL)."""
+    def kill_group(self) -> list[str]:
+        """Whatever the runner started and left behind: after a SIGKILL of the CLI, its language host
+        and plugins (each in a process group of its own, all in the runner's session). Returns them."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
+        left = session_members(self.proc.pid)
+        self.reaped += describe(left)
+        reap(left)
+        return self.reaped
+
+    def left_running(self) -> list[str]:
+        return describe(session_members(self.proc.pid))
 
 
 def pending_operations(stack: auto.Stack) -> list[dict[str, Any]]:
@@ -187,6 +191,9 @@ def test_sigkill_mid_migrations_then_documented_recovery_converges(owner_role_db
     finally:
         runner.kill_group()
     assert not result["ok"]
+    # The killed CLI's plugins outlived it (in the runner's session); reaped, none is left.
+    assert any("pulumi-resource-" in p or "pulumi.dynamic" in p for p in runner.reaped), runner.reaped
+    assert runner.left_running() == []
     # The provider that ran 901 lost its engine; its session ends one way or the other.
     wait_for("the killed run's sessions to end",
              lambda: not backends(pg_server.dsn(owner_role_db["dbname"]), "pg_sleep"), 60)

@@ -27,6 +27,7 @@ from infra.migrate import (
     MigrationsError,
     Migrator,
     OutOfOrderMigrationError,
+    RenamedMigrationError,
     checksum_of,
     load_migrations,
 )
@@ -459,8 +460,42 @@ def test_failing_down_script_changes_nothing(fresh_db: str, tmp_path: Path) -> N
     with pytest.raises(MigrationFailedError) as exc:
         migrator.revert(a)
     assert (exc.value.filename, exc.value.line, exc.value.sqlstate) == ("001_a.down.sql", 3, "42883")
+    # Worded as a revert: the migration stays applied (not "nothing of it was applied").
+    assert "nothing of it ran (its transaction was rolled back): 001_a.sql is still applied" in str(exc.value)
+    assert "apply again" not in str(exc.value)
+    assert pickle.loads(pickle.dumps(exc.value)).args == exc.value.args
     assert table_exists(fresh_db, "a")
     assert tracked_versions(fresh_db) == ["001"]
+
+
+def test_a_renamed_or_renumbered_file_is_never_adopted(fresh_db: str, tmp_path: Path) -> None:
+    first = write(tmp_path / "first", {"001_a.sql": "CREATE TABLE a (id int);\n",
+                                       "002_b.sql": "CREATE TABLE b (id int);\n"})
+    migrator = Migrator(fresh_db)
+    migrator.apply_all(load_migrations(first))
+    renamed = write(tmp_path / "renamed", {"001_a_renamed.sql": "CREATE TABLE a (id int);\n"})
+    with pytest.raises(RenamedMigrationError) as exc:
+        migrator.apply(load_migrations(renamed)[0])
+    assert "001_a_renamed.sql has version 001, which is applied as 001_a.sql" in str(exc.value)
+    assert "Rename it back to 001_a.sql" in str(exc.value) and exc.value.holds_version is None
+    swapped = write(tmp_path / "swapped", {"001_b.sql": "CREATE TABLE b (id int);\n"})
+    with pytest.raises(RenamedMigrationError) as exc:
+        migrator.apply(load_migrations(swapped)[0])
+    assert "this file holds what was applied as version 002 (002_b.sql)" in str(exc.value)
+    assert "renumbered" in str(exc.value)
+    assert [r[0] for r in query(fresh_db, "SELECT name FROM schema_migrations ORDER BY version")] == ["a", "b"]
+
+
+def test_rename_records_the_new_name_without_running_anything(fresh_db: str, tmp_path: Path) -> None:
+    (a,) = load_migrations(write(tmp_path / "old", {"001_a.sql": "CREATE TABLE a (id int);\n"}))
+    migrator = Migrator(fresh_db)
+    record, _ = migrator.apply(a)
+    (renamed,) = load_migrations(write(tmp_path / "new", {"001_a_renamed.sql": "CREATE TABLE a (id int);\n"}))
+    after = migrator.rename(renamed)
+    assert (after.name, after.checksum, after.applied_at) == ("a_renamed", record.checksum, record.applied_at)
+    (edited,) = load_migrations(write(tmp_path / "edited", {"001_a_renamed.sql": "CREATE TABLE a (id bigint);\n"}))
+    with pytest.raises(ChecksumMismatchError):
+        migrator.rename(edited)
 
 
 # ------------------------------------------------------------------------------------------ no-transaction

@@ -423,3 +423,51 @@ def test_adoption_settings() -> None:
 ])
 def test_adoption_errors_name_the_key_and_the_fix(values: dict[str, Any], key: str, fragment: str) -> None:
     assert fragment in only_problem({**EXTERNAL, **values}, key)
+
+
+# ---------------------------------------------------------------------------------------------- server-owned names
+
+
+@pytest.mark.parametrize("value", ["postgres", "template0", "template1"])
+def test_a_database_the_server_needs_is_refused(value: str) -> None:
+    problem = only_problem({"databaseName": value}, "databaseName")
+    assert f"{value!r} is a database the server needs" in problem
+    assert "drop it on destroy" in problem and "pulumi config set databaseName customer_insights" in problem
+
+
+def test_the_external_admin_database_is_refused_as_database_name() -> None:
+    values = {"mode": "external", "externalHost": "db.internal", "externalAdminPassword": "s3cret",
+              "externalAdminDatabase": "maintenance", "databaseName": "maintenance"}
+    problem = only_problem(values, "databaseName")
+    assert "'maintenance' is the admin database Pulumi connects to" in problem
+    assert "pulumi config set databaseName" in problem
+
+
+@pytest.mark.parametrize("prefix", ["pg", "pg_team"])
+def test_a_role_prefix_making_pg_names_is_refused(prefix: str) -> None:
+    problem = only_problem({"rolePrefix": prefix}, "rolePrefix")
+    assert f"{prefix}_owner" in problem and f"{prefix}_token_cleanup" in problem
+    assert "PostgreSQL reserves for its own roles" in problem and "pulumi config set rolePrefix ci" in problem
+
+
+def test_pg_alone_in_the_middle_of_a_prefix_is_fine() -> None:
+    assert load_dict({"rolePrefix": "pgx"}).roles.owner == "pgx_owner"
+
+
+def test_a_role_named_like_the_external_admin_user_is_refused() -> None:
+    values = {"mode": "external", "externalHost": "db.internal", "externalAdminPassword": "s3cret",
+              "externalAdminUser": "team_owner", "rolePrefix": "team"}
+    problem = only_problem(values, "rolePrefix")
+    assert "'team_owner' is externalAdminUser" in problem and "pulumi config set rolePrefix" in problem
+
+
+def test_a_role_named_like_the_container_superuser_is_refused() -> None:
+    # The container's superuser is always `postgres`, which no prefix yields: check the rule itself.
+    from infra import config
+
+    r = config._Reader(_DictSource({}), NAMESPACE)
+    roles = RoleNames(owner="postgres", app="x_app", readonly="x_readonly", cleanup="x_token_cleanup")
+    server = ContainerServer(image="i", host_port=1, bind_address="127.0.0.1", superuser="postgres")
+    config._server_owned_names(r, "customer_insights", roles, server)
+    assert len(r.problems) == 1 and r.problems[0].startswith(f"{NAMESPACE}:rolePrefix: ")
+    assert "'postgres' is the container's superuser" in r.problems[0]

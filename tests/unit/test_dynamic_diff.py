@@ -231,8 +231,16 @@ def test_migration_keep_on_destroy_back_to_false_is_an_update() -> None:
     ("key", "value"),
     [("version", "004"), ("name", "create_clients"), ("filename", "003_create_clients.sql")],
 )
-def test_migration_identity_change_is_a_replacement(key: str, value: str) -> None:
-    assert_replace(diff_migration(migration_state(), migration_inputs(**{key: value})), key)
+def test_no_migration_input_is_a_replacement(key: str, value: str) -> None:
+    # A replacement deletes first, which runs the down script: identity is guarded in check instead.
+    assert_update(diff_migration(migration_state(), migration_inputs(**{key: value})))
+
+
+def test_check_refuses_a_resource_whose_version_changed() -> None:
+    result = MigrationProvider().check(migration_state(), migration_inputs(version="004"))
+    assert len(result.failures) == 1
+    assert "recorded as version 003" in result.failures[0].reason
+    assert "identity is its version" in result.failures[0].reason
 
 
 def test_migration_computed_outputs_are_not_changes() -> None:
@@ -343,3 +351,16 @@ def test_creating_diffing_and_pickling_a_provider_opens_no_connection(
     provider.diff("1", olds, news)
     dill.loads(base64.b64decode(serialize_provider(provider)))
     pickle.loads(pickle.dumps(provider))
+
+
+def test_an_expected_failure_outside_the_provider_host_is_raised_as_is() -> None:
+    # Inside the host the status carries the message (tests/e2e/test_careless_edits.py, real CLI).
+    from infra.dynamic.base import ProviderFailure, reported_delete
+
+    class Failing:
+        @reported_delete
+        def delete(self, _id: str, props: dict[str, Any]) -> None:
+            raise ProviderFailure("the message")
+
+    with pytest.raises(ProviderFailure, match="the message"):
+        Failing().delete("1", {})

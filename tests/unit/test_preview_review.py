@@ -105,8 +105,8 @@ def test_verdicts() -> None:
                           {"op": "replace", "urn": OTHER.format("g")},
                           {"op": "create-replacement", "urn": OTHER.format("g")}]}
     text = render(reverted)
-    assert "a down script runs, 1 resource replaced or deleted" in text
-    assert "**`009_a`** will be **reverted**" in text
+    assert "an applied migration file was removed (`pulumi up` refuses it), 1 resource replaced or deleted" in text
+    assert "**`009_a`**: its file left `sql/` while applied; `pulumi up` will **refuse**" in text
     failed = {"steps": [], "diagnostics": [{"severity": "error", "message": "error: 003 was changed\n"}]}
     assert "**❌ The preview failed: 003 was changed**" in render(failed)
 
