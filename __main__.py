@@ -18,13 +18,14 @@ from infra.components.database import (
     TablePrivileges,
     TablePrivilegesArgs,
 )
-from infra.components.migrations import Migrations, MigrationsArgs
+from infra.components.migrations import Migrations, MigrationsArgs, RehearsalArgs
 from infra.components.privileges import PrivilegeSequence
 from infra.components.protection import DataProtection
 from infra.components.scheduled_job import ScheduledJobArgs
 from infra.components.server import PostgresServer, PostgresServerArgs, check_container_host, container_name
 from infra.connection import Connection
 from infra.dynamic.stack_claim import StackClaim
+from infra.migrate.session import StatementLimits
 from infra.preflight import check_external_server
 
 namespace, stack = pulumi.get_project(), pulumi.get_stack()
@@ -83,6 +84,16 @@ db = DatabaseAndRoles(
                          after=[r for r in server_resources if isinstance(r, StackClaim)]),
 )
 
+# The limits every migration statement runs under: set here, once, for the rehearsal (and `up`).
+statement_limits = StatementLimits()
+# `pulumi preview` rehearses pending migrations on a scratch database (docs/rehearsal.md).
+rehearsal = RehearsalArgs(
+    admin=admin, roles=list(cfg.roles.all()), image=cfg.rehearsal.image, limits=statement_limits,
+    read_timeout_ms=cfg.rehearsal.read_timeout_ms, admin_reads_target=admin_is_superuser,
+    scratch_on_server=isinstance(cfg.server, stack_config.ContainerServer),
+    scratch_url=pulumi_config.require_secret(cfg.rehearsal.scratch_url_key) if cfg.rehearsal.scratch_url_key else None,
+) if cfg.rehearsal.enabled else None
+
 migrations = Migrations(
     "schema",
     MigrationsArgs(
@@ -94,6 +105,7 @@ migrations = Migrations(
         allow_out_of_order=cfg.migrations.allow_out_of_order,
         fixes=stack_config.migration_fixes(namespace),
         after=[db],
+        rehearsal=rehearsal,
     ),
     # Reverting a migration drops data: protected with the database (children inherit `protect`).
     opts=pulumi.ResourceOptions(protect=cfg.protect_data),
