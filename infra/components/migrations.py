@@ -135,9 +135,11 @@ def _log_rehearsal(resource: Migration, result: Rehearsal, trace: MigrationTrace
 
 
 def _failure(trace: MigrationTrace, st: StatementTrace) -> str:
+    """`file, line N: statement: what fails` (the error's own line: where in the statement it is)."""
     if st.error is not None:
-        return f"{st.error.describe()}: {st.summary}"
-    failed = "; ".join(c.describe() for c in st.checks if c.status == "failed")
+        state = f" (SQLSTATE {st.error.sqlstate})" if st.error.sqlstate else ""
+        return f"{trace.filename}, line {st.error.line or st.line}: {st.summary}: {st.error.message}{state}"
+    failed = "; ".join(c.describe().removeprefix("FAILS: ") for c in st.checks if c.status == "failed")
     return f"{trace.filename}, line {st.line}: {st.summary}: {failed}"
 
 
