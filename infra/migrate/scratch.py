@@ -131,12 +131,14 @@ def local_container(
     """A PostgreSQL container of `image` (the official `postgres` image's contract), published on
     127.0.0.1 on a port Docker picks, with a random superuser password; yields once a login works,
     and removes the container when the block ends (also after an error)."""
-    say = log or _noop
+    say = log if log is not None else _noop
+    sweep_containers(log=say)
     password = secrets.token_hex(24)
-    name = f"rehearsal-{secrets.token_hex(6)}"
+    started = int(time.time())
+    name = f"rehearsal-{started}-{secrets.token_hex(4)}"
     # The password reaches docker through its environment (`-e NAME` without a value), never argv.
     run = _docker(
-        "run", "--rm", "-d", "--name", name, "--label", f"{CONTAINER_LABEL}=1",
+        "run", "--rm", "-d", "--name", name, "--label", f"{CONTAINER_LABEL}={started}",
         "-e", "POSTGRES_PASSWORD", "-p", "127.0.0.1::5432", image,
         env={"POSTGRES_PASSWORD": password}, timeout=120,
     )
@@ -162,6 +164,23 @@ def local_container(
             say(f"scratch server: could not remove container {name}: {_scrub(removed.stderr.strip(), password)}")
         else:
             say(f"scratch server: container {name} removed")
+
+
+def sweep_containers(*, log: Log | None = None, older_than: float = SWEEP_AGE_SECONDS) -> list[str]:
+    """Remove the scratch containers (labelled with their start time) started more than `older_than`
+    seconds ago: `--rm` does not stop a container whose process was killed. Returns their names."""
+    say = log if log is not None else _noop
+    listed = _docker("ps", "-a", "--filter", f"label={CONTAINER_LABEL}",
+                     "--format", f'{{{{.Names}}}} {{{{.Label "{CONTAINER_LABEL}"}}}}')
+    removed = []
+    for line in listed.stdout.splitlines():
+        name, _, started = line.strip().partition(" ")
+        if not started.isdigit() or time.time() - int(started) < older_than:
+            continue
+        if _docker("rm", "-f", "-v", name).returncode == 0:
+            say(f"scratch server: removed leftover container {name}")
+            removed.append(name)
+    return removed
 
 
 def _published_port(container: str) -> int:
@@ -208,7 +227,7 @@ def sweep_leftovers(
 ) -> list[str]:
     """Drop the scratch databases (named `rehearsal_<epoch>_<hex>`) made more than `older_than`
     seconds ago: a killed process leaves them behind. Returns the names dropped."""
-    say = log or _noop
+    say = log if log is not None else _noop
     dropped = []
     with _connect(server.admin_conninfo()) as conn:
         names = [r[0] for r in conn.execute(
@@ -246,7 +265,7 @@ def scratch_database(
     `pg_dump --schema-only` (read-only session) and restored, the roles owning or granted its
     objects created NOLOGIN where missing. None: an empty database owned by `owner`. Either way
     `owner` and `roles` exist afterwards (created NOLOGIN where missing)."""
-    say = log or _noop
+    say = log if log is not None else _noop
     hidden = [*server.secrets(), *([schema_from] if schema_from else [])]
     try:
         sweep_leftovers(server, log=say)
@@ -310,7 +329,8 @@ _ATTRIBUTES = (
 def _target_roles(target: str, extra: Sequence[str]) -> list[_Role]:
     """The roles that own, or are granted, objects of the target database (pg_shdepend), its owner
     and `extra`, with their attributes and their memberships among themselves and predefined roles."""
-    with _connect(target, options="-c default_transaction_read_only=on") as conn, conn.transaction():
+    options = f"{pg_conninfo.conninfo_to_dict(target).get('options') or ''} -c default_transaction_read_only=on"
+    with _connect(target, options=options.strip()) as conn, conn.transaction():
         conn.execute("SET TRANSACTION READ ONLY")
         conn.execute("SET LOCAL statement_timeout = 10000")
         names = [r[0] for r in conn.execute(
@@ -439,7 +459,7 @@ def _copy_schema(target: str, scratch: str, say: Log, timeout: float, lock_wait_
         dump = os.path.join(tmp, "schema.dump")
         source, env = _libpq_env(target)
         # The whole session is read-only; pg_dump itself only reads, under ACCESS SHARE locks.
-        env["PGOPTIONS"] = "-c default_transaction_read_only=on"
+        env["PGOPTIONS"] = f"{os.environ.get('PGOPTIONS', '')} -c default_transaction_read_only=on".strip()
         env["PGAPPNAME"] = "migration-rehearsal-dump"
         started = time.monotonic()
         _run_client(
