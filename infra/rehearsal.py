@@ -140,5 +140,5 @@ def run(plan: RehearsalPlan, chain: Sequence[MigrationFile], pending: Collection
     with scratch_server(plan, target_exists=applied is not None, log=log) as server, scratch_database(
             server, schema_from=target, owner=plan.owner, roles=plan.roles, log=log) as scratch:
         result = rehearse(files, scratch=scratch, run_as=plan.owner, target=target, limits=plan.limits,
-                          read_timeout_ms=plan.read_timeout_ms, log=log)
+                          read_timeout_ms=plan.read_timeout_ms, log=log, scratch_description=server.description)
         return Outcome(result, applied is None, adopted, server.description)

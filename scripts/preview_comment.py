@@ -134,7 +134,7 @@ def render(preview: dict[str, Any], stack: str | None = None) -> str:
                 review.rehearsal = json.loads(message.removeprefix(REHEARSAL_JSON))
             elif message.startswith("will run: "):
                 review.does = message.removeprefix("will run: ")
-            elif message.startswith("rehearsal: ") or (
+            elif message.startswith(("rehearsal: ", "rehearsal estimates: ", "rehearsal ran on ")) or (
                     diag.get("severity") == "error" and message.startswith(review.name)):
                 continue  # the rehearsal's own lines: the table shows them
             elif diag.get("severity") == "warning":
@@ -197,6 +197,10 @@ def _rehearsal_table(review: MigrationReview) -> list[str]:
     if migration.get("error") and not any(st.get("error") for st in review.statements):
         rows.append(f"  | | | | | | | ❌ {_cell(_failure_text(migration['error']))} |")
     notes = []
+    if scratch := (review.rehearsal or {}).get("scratch"):
+        notes.append(f"ran on an empty database on {scratch} (no target database yet)"
+                     if (review.rehearsal or {}).get("from_files_alone") else
+                     f"ran on a copy of the target's schema on {scratch}; the target was only read")
     if calibration := (review.rehearsal or {}).get("calibration"):
         notes.append(f"estimates: {calibration.get('text', '')}")
     if not (review.rehearsal or {}).get("target_read"):
@@ -247,7 +251,13 @@ def _rewrite(st: dict[str, Any]) -> str:
     rewrites = [r for r in st.get("rewrites") or [] if r.get("on_target")]
     if not rewrites:
         return "no"
-    return "**yes**: " + ", ".join(("TRUNCATE " if r.get("truncate") else "") + r["relation"] for r in rewrites)
+    tables = [("TRUNCATE " if r.get("truncate") else "") + r["relation"] for r in rewrites
+              if r.get("kind") not in ("index", "partitioned index")]
+    indexes = len(rewrites) - len(tables)
+    rebuilt = _count(indexes, "index").replace("indexs", "indexes")
+    if not tables:
+        return f"**yes**: {rebuilt} rebuilt"
+    return "**yes**: " + ", ".join(tables) + (f" (+{rebuilt})" if indexes else "")
 
 
 def _estimate(st: dict[str, Any]) -> str:

@@ -337,6 +337,7 @@ def test_passing_migrations_report_locks_rewrites_and_estimates_and_write_nothin
     assert writes_among(ran) == [], writes_among(ran)
 
     comment = preview_comment.render(preview.data, "staging")
+    (live.root / "preview.json").write_text(preview.stdout)
     (live.root / "comment.md").write_text(comment)
     print(comment)
     lines = comment.splitlines()
@@ -365,8 +366,13 @@ def test_not_null_column_without_default_fails_the_preview_naming_file_and_row_c
     preview = live.preview_of("not_null", {"010_add_plan.sql": NOT_NULL}, json_output=False)
     output = preview.stdout + preview.stderr
     assert preview.returncode != 0 and "Traceback" not in output and 'File "' not in output, output[-3000:]
-    assert ("010_add_plan.sql, line 1: ALTER TABLE organizations ADD COLUMN plan text NOT NULL: FAILS: 2,000 rows "
-            "in public.organizations (new NOT NULL column plan without a default)") in output, output[-3000:]
+    # Under the migration, its statement's line; at the end, the preview's error: file, line, statement, count.
+    assert ("error: 010_add_plan.sql, line 1: ALTER TABLE organizations ADD COLUMN plan text NOT NULL: "
+            "ACCESS EXCLUSIVE on public.organizations") in output, output[-3000:]
+    assert ("check: FAILS: 2,000 rows in public.organizations (new NOT NULL column plan without a default)"
+            in output), output[-3000:]
+    assert ("  - 010_add_plan.sql, line 1: ALTER TABLE organizations ADD COLUMN plan text NOT NULL: 2,000 rows in "
+            "public.organizations (new NOT NULL column plan without a default)") in output, output[-3000:]
     assert "The rehearsal of the pending migrations failed; nothing was applied" in output
     assert live.snapshot() == before
 
@@ -388,10 +394,11 @@ def test_a_failing_statement_fails_the_preview_with_file_and_line(live: Live, ca
                                                                    where: str, expected: str) -> None:
     preview = live.preview_of(case, files)
     name = next(iter(files)).removesuffix(".sql")
-    errors, output = failing(preview, name)
+    errors, _ = failing(preview, name)
     assert any(e.startswith(f"error: {where}") and expected in e for e in errors), errors
     # The preview's own error (the last lines a reader sees) names them too.
-    assert f"{where}{expected.removeprefix('FAILS: ')}" in " ".join(output.split()), output[-3000:]
+    stack_errors = [m for s, m in preview.diagnostics()[""] if s == "error"]
+    assert any(f"- {where}{expected.removeprefix('FAILS: ')}" in m for m in stack_errors), stack_errors
     comment = preview_comment.render(preview.data)
     assert comment.splitlines()[2].startswith("**❌ The rehearsal failed: 1 failing statement"), comment
 
