@@ -41,10 +41,13 @@ class Endpoint:
     password: str = field(repr=False)
     sslmode: str = "prefer"
 
-    def conninfo(self, database: str | None = None, **options: Any) -> str:
+    def conninfo(self, database: str | None = None, *, labelled: bool = True, **options: Any) -> str:
+        """`labelled`: with this program's application_name (the library labels its own sessions)."""
+        if labelled:
+            options["application_name"] = APPLICATION_NAME
         return make_conninfo(host=self.host, port=self.port, dbname=database or self.database, user=self.user,
                              password=self.password, sslmode=self.sslmode, connect_timeout=CONNECT_TIMEOUT,
-                             application_name=APPLICATION_NAME, **options)
+                             **options)
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ def scratch_server(plan: RehearsalPlan, *, target_exists: bool, log: Log) -> Ite
     if plan.scratch_url:
         yield existing_server(plan.scratch_url)
     elif target_exists and plan.scratch_on_server and plan.admin is not None:
-        yield existing_server(plan.admin.conninfo())
+        yield existing_server(plan.admin.conninfo(labelled=False))
     else:
         with local_container(plan.image, log=log) as server:
             yield server
@@ -136,7 +139,7 @@ def run(plan: RehearsalPlan, chain: Sequence[MigrationFile], pending: Collection
         adopted = tuple(m.filename for m in chain if m.version in pending and m.version in applied)
     if not files:
         return Outcome(None, applied is None, adopted)
-    target = plan.reader.conninfo() if applied is not None and plan.reader is not None else None
+    target = plan.reader.conninfo(labelled=False) if applied is not None and plan.reader is not None else None
     with scratch_server(plan, target_exists=applied is not None, log=log) as server, scratch_database(
             server, schema_from=target, owner=plan.owner, roles=plan.roles, log=log) as scratch:
         result = rehearse(files, scratch=scratch, run_as=plan.owner, target=target, limits=plan.limits,
