@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pulumi
 import pulumi_random as random
+from psycopg import conninfo as psycopg_conninfo
 
 from infra import config as stack_config
 from infra import token_cleanup
 from infra.components.database import (
     PURPOSES,
+    AdoptedObjects,
     DatabaseAndRoles,
     DatabaseAndRolesArgs,
     TablePrivileges,
@@ -24,9 +26,9 @@ from infra.components.protection import DataProtection
 from infra.components.scheduled_job import ScheduledJobArgs
 from infra.components.server import PostgresServer, PostgresServerArgs, check_container_host, container_name
 from infra.connection import Connection
+from infra.dynamic.adoption import AdoptedHistory
 from infra.dynamic.stack_claim import StackClaim
-from infra.migrate.session import StatementLimits
-from infra.preflight import check_external_server
+from infra.preflight import check_adoptable, check_adoption_schema, check_external_server
 
 namespace, stack = pulumi.get_project(), pulumi.get_stack()
 pulumi_config = pulumi.Config()
@@ -35,6 +37,7 @@ migrations_dir = Path(__file__).resolve().parent / cfg.migrations.directory
 migration_files = stack_config.checked_migrations(migrations_dir, cfg.migrations, namespace)
 
 # The server, and how Pulumi reaches it as an administrator.
+adopted: AdoptedObjects | None = None  # adoptFrom: what exists already
 if isinstance(cfg.server, stack_config.ExternalServer):
     facts = check_external_server(
         host=cfg.server.host, port=cfg.server.port, user=cfg.server.admin_user,
@@ -42,6 +45,20 @@ if isinstance(cfg.server, stack_config.ExternalServer):
         dbname=cfg.server.admin_database, sslmode=cfg.server.sslmode,
     )
     cron_database = facts.cron_database
+    if cfg.adoption is not None:
+        # adoptFrom: the existing database and roles are imported; the schema is verified before anything is declared.
+        admin_password = pulumi_config.require(cfg.server.admin_password_key)
+        found = check_adoptable(host=cfg.server.host, port=cfg.server.port, user=cfg.server.admin_user,
+                                password=admin_password, sslmode=cfg.server.sslmode, database=cfg.database,
+                                owner=cfg.roles.owner, roles=list(cfg.roles.all()))
+        check_adoption_schema(
+            target=psycopg_conninfo.make_conninfo(
+                host=cfg.server.host, port=cfg.server.port, user=cfg.server.admin_user, password=admin_password,
+                dbname=cfg.database, sslmode=cfg.server.sslmode),
+            files=migration_files, tool=cfg.adoption.tool, owner=cfg.roles.owner, accept=cfg.adoption.accept,
+            scratch_url=pulumi_config.get(cfg.adoption.scratch_url_key) if cfg.adoption.scratch_url_key else None,
+            scratch_image=cfg.adoption.image, namespace=namespace)
+        adopted = AdoptedObjects(existing_roles=found.existing_roles)
     admin = Connection(
         host=cfg.server.host, port=cfg.server.port, database=cfg.server.admin_database, user=cfg.server.admin_user,
         password=pulumi_config.require_secret(cfg.server.admin_password_key), sslmode=cfg.server.sslmode,
@@ -81,11 +98,16 @@ db = DatabaseAndRoles(
                          roles=cfg.roles, password_length=cfg.password_length, privileges=privileges,
                          protect_data=cfg.protect_data, keep_data_on_destroy=cfg.migrations.keep_data_on_destroy,
                          password_keepers={purpose: cfg.rotation_keepers(purpose) for purpose in PURPOSES},
-                         after=[r for r in server_resources if isinstance(r, StackClaim)]),
+                         after=[r for r in server_resources if isinstance(r, StackClaim)], adopted=adopted),
 )
 
-# The limits every migration statement runs under: set here, once, for the rehearsal (and `up`).
-statement_limits = StatementLimits()
+# Adoption: the other tool's history recorded as applied files, before the first migration looks.
+history = (AdoptedHistory("adopted-history", connection=db.connection_for("owner"), tool=cfg.adoption.tool,
+                          files=migration_files, opts=pulumi.ResourceOptions(depends_on=[db]))
+           if adopted is not None and cfg.adoption else None)
+
+# The limits every migration statement runs under, in `up` and in the preview's rehearsal alike.
+statement_limits = cfg.migrations.limits
 # `pulumi preview` rehearses pending migrations on a scratch database (docs/rehearsal.md).
 rehearsal = RehearsalArgs(
     admin=admin, roles=list(cfg.roles.all()), image=cfg.rehearsal.image, limits=statement_limits,
@@ -104,7 +126,8 @@ migrations = Migrations(
         keep_data_on_destroy=cfg.migrations.keep_data_on_destroy,
         allow_out_of_order=cfg.migrations.allow_out_of_order,
         fixes=stack_config.migration_fixes(namespace),
-        after=[db],
+        limits=statement_limits,
+        after=[db, *([history] if history else [])],
         rehearsal=rehearsal,
     ),
     # Reverting a migration drops data: protected with the database (children inherit `protect`).
@@ -115,7 +138,7 @@ migrations = Migrations(
 table_privileges = TablePrivileges(
     "table-privileges",
     TablePrivilegesArgs(provider=db.provider, database=db.database.name, roles=db.roles, after=migrations.applied,
-                        privileges=privileges),
+                        privileges=privileges, adopted_tables=history.tables if history else None),
 )
 
 cleanup = token_cleanup.TokenCleanupJob(
@@ -133,11 +156,13 @@ cleanup = token_cleanup.TokenCleanupJob(
         after=migrations.applied,
         privileges=privileges,
         keep_extension_on_destroy=isinstance(cfg.server, stack_config.ExternalServer),
+        history_readers=[db.roles["owner"].name, db.roles["readonly"].name],
     ),
 )
 
 # protectData: `pulumi destroy` stops before it deletes anything (see DataProtection for why this is needed).
-DataProtection("protectData", cfg.protect_data, [*server_resources, db, *migrations.applied, table_privileges, cleanup])
+DataProtection("protectData", cfg.protect_data,
+               [*server_resources, db, *([history] if history else []), *migrations.applied, table_privileges, cleanup])
 
 connections = {purpose: db.connection_for(purpose) for purpose in PURPOSES}
 app = connections["app"]
@@ -160,5 +185,6 @@ pulumi.export(
     ),
 )
 pulumi.export("migrations", migrations.versions)
+# Where the owner and read-only roles read the job's runs (scripts/cleanup_history.py --cron-database).
 pulumi.export("cleanup_job", {"name": cfg.cleanup_job.name, "schedule": cfg.cleanup_job.schedule,
-                              "job_id": cleanup.job.job_id})
+                              "job_id": cleanup.job.job_id, "history_database": cron_database})

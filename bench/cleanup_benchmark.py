@@ -883,7 +883,7 @@ def main() -> int:
     ap.add_argument("--ours-cap", type=float, default=900.0, help="statement_timeout (s) of each CALL")
     ap.add_argument("--ctid-pages", type=int, default=200, help="heap pages per batch of the ctid variant")
     ap.add_argument("--variants", default="reference,plain,slow,ours,ctid,explain")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "raw"))
     ap.add_argument("--tag", default="", help="suffix of the result file name")
     ap.add_argument("--expired-share", type=float, default=0.5,
                     help="interleaved layout: the share of tokens that are expired (coin toss per row)")

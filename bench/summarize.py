@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Markdown tables from bench/results/*.json (the figures in bench/README.md).
+"""Markdown tables from cleanup benchmark results (bench/results/cleanup.md is made with it).
 
-    python bench/summarize.py bench/results/cleanup_1000000.json [...]
+    python bench/summarize.py bench/results/raw/cleanup_1000000.json [...]
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ def f(v: float | None, nd: int = 1) -> str:
 
 
 def table(path: str) -> str:
-    with open(path) as f:
-        d = json.load(f)
+    with open(path) as handle:
+        d = json.load(handle)
     res = d["results"]
     plain = res.get("plain", {}).get("total_s")
     ref = res.get("reference", {}).get("insert_latency", {}).get("service_ms", {})
@@ -53,7 +53,20 @@ def table(path: str) -> str:
     return "\n".join(out)
 
 
-if __name__ == "__main__":
-    for p in sys.argv[1:]:
-        print(table(p))
+def main(paths: list[str]) -> int:
+    if not paths:
+        print("usage: python bench/summarize.py RESULT.json [...] (files written by bench/cleanup_benchmark.py)",
+              file=sys.stderr)
+        return 2
+    for p in paths:
+        try:
+            print(table(p))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"{p}: not a cleanup benchmark result ({type(exc).__name__}: {exc})", file=sys.stderr)
+            return 1
         print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -27,7 +27,7 @@ else
 fi
 
 step "Python virtualenv (.venv)"
-stamp=".venv/.requirements-$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)"
+stamp=".venv/.requirements-$(cat requirements.txt requirements-dev.txt pyproject.toml | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ]; then
   info "cached: $stamp"
 else

@@ -18,7 +18,7 @@ import pulumi
 from croniter import croniter
 from psycopg.conninfo import conninfo_to_dict
 
-from infra.migrate import MigrationFile, MigrationFileError, load_migrations
+from infra.migrate import MigrationFile, MigrationFileError, StatementLimits, load_migrations
 
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 VERSION = re.compile(r"^[0-9]{3,}$")
@@ -35,6 +35,9 @@ DEV_STACK = "dev"  # the one stack whose data is not protected by default (prote
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 DEFAULT_IMAGE = "customer-insights/postgres-cron:15"
 SCRATCH_URL_KEY = "rehearsalScratchUrl"
+# migrationLockTimeout: the application's queries queue behind a waiting ALTER for up to this long per
+# attempt (bench/README.md, "Migrations behind a blocker").
+DEFAULT_LOCK_TIMEOUT_MS = 2000
 
 
 class ConfigError(pulumi.RunError, ValueError):
@@ -96,6 +99,19 @@ class CleanupJobSettings:
     batch_size: int
 
 
+ADOPT_TOOLS = ("knex", "flyway", "dbmate", "golang-migrate")
+
+
+@dataclass(frozen=True)
+class AdoptionSettings:
+    """adoptFrom: take over an existing database whose schema another migration tool built (external mode)."""
+
+    tool: str  # one of ADOPT_TOOLS
+    accept: frozenset[str]  # adoptAccept: ids of schema differences accepted ("index customers_email_idx")
+    scratch_url_key: str | None  # adoptScratchUrl: a throwaway server's superuser URL (secret); None: a container
+    image: str  # the scratch container's image when there is no adoptScratchUrl
+
+
 @dataclass(frozen=True)
 class MigrationSettings:
     directory: str
@@ -103,6 +119,8 @@ class MigrationSettings:
     keep_data_on_destroy: bool
     # allowOutOfOrder: apply a pending file numbered below the highest applied version (refused by default).
     allow_out_of_order: bool = False
+    # migrationLockTimeout, migrationLockRetries, migrationLockRetryDelay, migrationStatementTimeout.
+    limits: StatementLimits = field(default_factory=lambda: StatementLimits(lock_timeout_ms=DEFAULT_LOCK_TIMEOUT_MS))
 
 
 @dataclass(frozen=True)
@@ -146,6 +164,8 @@ def migration_fixes(namespace: str) -> dict[str, str]:
                               "(`pulumi config set allowOutOfOrder true`), run `pulumi up`, then remove it "
                               "(`pulumi config rm allowOutOfOrder`)",
         "keep_data": f"`{namespace}:keepDataOnDestroy` is true",
+        "lock_wait": f"allow a longer wait: raise `{namespace}:migrationLockTimeout` (ms per attempt) or "
+                     f"`{namespace}:migrationLockRetries` (see README, \"Failure drills\")",
     }
 
 
@@ -179,6 +199,7 @@ class StackConfig:
     # passwordRotation: a counter per role ("all" for every role); see _password_rotation.
     password_rotation: dict[str, int] = field(default_factory=dict)
     rehearsal: RehearsalSettings = field(default_factory=RehearsalSettings)
+    adoption: AdoptionSettings | None = None
 
     def rotation_keepers(self, purpose: str) -> dict[str, str] | None:
         """RandomPassword keepers of one role: any change of its counter or of "all" makes a new password.
@@ -352,6 +373,7 @@ def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
         accept_checksums=frozenset(accept),
         keep_data_on_destroy=r.boolean("keepDataOnDestroy", False),
         allow_out_of_order=r.boolean("allowOutOfOrder", False),
+        limits=_statement_limits(r),
     )
 
     cleanup_job = CleanupJobSettings(
@@ -375,6 +397,8 @@ def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
     # Only the throwaway `dev` stack defaults to unprotected: a stack that forgets the key is safe.
     protect_data = r.boolean("protectData", stack != DEV_STACK)
 
+    adoption = _adoption(r, source, mode)
+
     if r.problems:
         raise ConfigError(r.problems)
     return StackConfig(
@@ -388,7 +412,60 @@ def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
         protect_data=protect_data,
         password_rotation=password_rotation,
         rehearsal=rehearsal,
+        adoption=adoption,
     )
+
+
+MAX_TIMEOUT_MS = 24 * 3600 * 1000
+
+
+def _statement_limits(r: _Reader) -> StatementLimits:
+    """The limits every migration statement runs under (see infra.migrate.session)."""
+    default = StatementLimits()
+    problems_before = len(r.problems)
+    lock_timeout = r.integer(
+        "migrationLockTimeout", DEFAULT_LOCK_TIMEOUT_MS, 0, MAX_TIMEOUT_MS,
+        "milliseconds a migration statement may wait for a lock, e.g. 5000; 0 waits as long as it takes",
+    )
+    statement_timeout = (
+        None if r.source.get("migrationStatementTimeout") in (None, "") else r.integer(
+            "migrationStatementTimeout", 0, 0, MAX_TIMEOUT_MS,
+            "milliseconds a migration statement may run, e.g. 600000; 0 for no limit; "
+            "remove the key to keep the server's setting",
+        )
+    )
+    retries = r.integer("migrationLockRetries", default.lock_retries, 0, 100,
+                        "how often a migration blocked by a lock is tried again, 0 to 100")
+    delay = r.integer("migrationLockRetryDelay", default.retry_delay_ms, 0, 600_000,
+                      "milliseconds before the first retry (doubling each time), 0 to 600000")
+    if len(r.problems) > problems_before:  # reported with the others; the limits are not used
+        return default
+    return StatementLimits(lock_timeout_ms=lock_timeout, statement_timeout_ms=statement_timeout,
+                           lock_retries=retries, retry_delay_ms=delay, retry_delay_max_ms=default.retry_delay_max_ms)
+
+
+def _adoption(r: _Reader, source: ConfigSource, mode: str) -> AdoptionSettings | None:
+    tool = r.text("adoptFrom", "", check=lambda v: None if v in ("", *ADOPT_TOOLS) else (
+        f"{v!r} is not a migration tool this program adopts from; use one of {', '.join(ADOPT_TOOLS)}"))
+    try:
+        accept = source.get_object("adoptAccept") or []
+    except Exception:  # Pulumi raises its own type error for a value that is not JSON
+        accept = None
+    if not isinstance(accept, list) or not all(isinstance(v, str) and v for v in accept):
+        r.problem("adoptAccept", "must be a list of difference ids as the refusal names them, e.g. "
+                  "`pulumi config set --path 'adoptAccept[0]' 'index customers_email_idx'`")
+        accept = []
+    scratch = r.text("adoptScratchUrl", "")
+    image = r.text("adoptScratchImage", "customer-insights/postgres-cron:15")
+    if not tool:
+        if accept:
+            r.problem("adoptAccept", "set only while adopting (adoptFrom); remove it: `pulumi config rm adoptAccept`")
+        return None
+    if mode != "external":
+        r.problem("adoptFrom", "adoption takes over a database on an existing server: set mode to external "
+                  "(a container stack creates its own database)")
+    return AdoptionSettings(tool=tool, accept=frozenset(accept), scratch_url_key="adoptScratchUrl" if scratch else None,
+                            image=image)
 
 
 ROTATION_KEYS = ("all", "owner", "app", "readonly", "cleanup")

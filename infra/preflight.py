@@ -6,10 +6,15 @@ anything, when the server cannot host this stack.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import psycopg
 import pulumi
+
+from infra.migrate import MigrationFile, MigrationsError
+from infra.migrate import adoption as adopt
+from infra.migrate.scratch import existing_server, local_container
 
 MIN_SERVER_VERSION = 130000  # gen_random_uuid() is built in from PostgreSQL 13
 # Bounds every connection attempt of the checks: an unreachable host (a firewall dropping packets, a
@@ -118,3 +123,82 @@ def _connect_failure(where: str, error: str) -> str:
     else:
         cause = "check externalHost/externalPort/externalAdminUser/externalAdminPassword/externalSslMode"
     return f"Cannot connect to the external server as {where}: {error}\n{cause}. Nothing was created."
+
+
+@dataclass(frozen=True)
+class AdoptionFacts:
+    existing_roles: frozenset[str]  # the stack's roles that already exist (imported, not created)
+
+
+def check_adoptable(*, host: str, port: int, user: str, password: str, sslmode: str, database: str,
+                    owner: str, roles: list[str]) -> AdoptionFacts:
+    """Before anything is declared for an adoption (reads only): the database exists, and until it is adopted,
+    it and every object of its schema `public` are owned by the stack's owner role (the migrations run as
+    it). Which of the stack's roles exist decides which are imported and which created."""
+    where = f"{host}:{port}/{database}"
+    try:
+        conn = psycopg.connect(host=host, port=port, user=user, password=password, dbname=database, sslmode=sslmode,
+                               connect_timeout=CONNECT_TIMEOUT, application_name="pulumi-preflight", autocommit=True,
+                               options="-c default_transaction_read_only=on -c statement_timeout=10000")
+    except psycopg.OperationalError as exc:
+        if f'database "{database}" does not exist' in str(exc):
+            raise PreflightError(f"adoptFrom is set, but there is no database {database!r} on {host}:{port} to adopt: "
+                                 "set databaseName to the existing database, or remove adoptFrom "
+                                 "(`pulumi config rm adoptFrom`) to create it. Nothing was changed.") from exc
+        raise PreflightError(_connect_failure(f"{user}@{where}", str(exc).strip())) from exc
+    with conn:
+        existing = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)",
+                                               (roles,)).fetchall()}
+        db_owner = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"
+                                ).fetchone()[0]  # type: ignore[index]
+        foreign = conn.execute(
+            """SELECT kind || ' ' || name || ' (owner ' || who || ')' FROM (
+                   SELECT 'table' AS kind, relname::text AS name, pg_get_userbyid(relowner) AS who FROM pg_class
+                    WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+                   UNION ALL
+                   SELECT 'function', proname || '()', pg_get_userbyid(proowner) FROM pg_proc
+                    WHERE pronamespace = 'public'::regnamespace
+                   UNION ALL
+                   SELECT 'type', typname, pg_get_userbyid(typowner) FROM pg_type
+                    WHERE typnamespace = 'public'::regnamespace AND typtype IN ('e', 'd', 'c')
+                      AND typrelid = 0) o
+               WHERE who <> %s ORDER BY 1""", (owner,)).fetchall()
+        adopted_already = adopt.managed_by_this_runner(conn)
+    wrong = ([f"database {database} (owner {db_owner})"] if db_owner != owner else []) + [r[0] for r in foreign]
+    if not adopted_already and (owner not in existing or wrong):
+        listed = "\n".join(f"  - {w}" for w in wrong[:20])
+        listed += f"\n  - ... {len(wrong) - 20} more" if len(wrong) > 20 else ""
+        raise PreflightError(
+            f"adoptFrom: the database {database!r} on {host}:{port} and its schema must be owned by the stack's owner "
+            f"role {owner!r} (the migrations run as it){'' if owner in existing else ', which does not exist'}:\n"
+            f"{listed}\nRun as an admin, then `pulumi preview` again: ALTER DATABASE {database} OWNER TO {owner}; "
+            f"and in the database: REASSIGN OWNED BY <the role that ran the other tool> TO {owner}; "
+            "(or set rolePrefix so that <prefix>_owner is that role). Nothing was changed.")
+    return AdoptionFacts(existing_roles=frozenset(existing))
+
+
+def check_adoption_schema(*, target: str, files: list[MigrationFile], tool: str, owner: str, accept: frozenset[str],
+                          scratch_url: str | None, scratch_image: str, namespace: str) -> None:
+    """Before anything is declared, while the database is not adopted yet (no tracking table of this program):
+    the other tool's history matches the files and the live schema is what the matched files make (applied to
+    a scratch database); else PreflightError listing every difference and how to resolve it."""
+    try:
+        with psycopg.connect(target, connect_timeout=CONNECT_TIMEOUT, autocommit=True,
+                             options="-c default_transaction_read_only=on -c statement_timeout=10000") as conn:
+            if adopt.managed_by_this_runner(conn):
+                return  # adopted already: the tracking table is this program's from now on
+        plan = adopt.read_plan(target, files, tool)
+        with ExitStack() as stack:
+            server = (existing_server(scratch_url) if scratch_url
+                      else stack.enter_context(local_container(scratch_image, log=pulumi.log.info)))
+            accepted = adopt.verify(plan, target, scratch=server, owner=owner, accept=accept, ways_out=[
+                "make the live schema what the files make (with the other tool, or by hand), then preview again",
+                f"or accept a difference by its id: `pulumi config set --path '{namespace}:adoptAccept[0]' "
+                "'<id>'` (e.g. one a later file of the migrations folder fixes)",
+            ])
+    except adopt.AdoptionError as exc:
+        raise PreflightError(f"{exc}\n(config {namespace}:adoptFrom = {tool}.) Nothing was changed.") from exc
+    except MigrationsError as exc:
+        raise PreflightError(f"adoptFrom: cannot verify the schema to adopt: {exc}. Nothing was changed.") from exc
+    pulumi.log.info(f"adoption from {tool}: {plan.summary()}; the live schema is what those files make"
+                    + (f" (accepted: {', '.join(d.id for d in accepted)})" if accepted else ""))

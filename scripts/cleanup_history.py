@@ -1,13 +1,16 @@
-"""The last runs of the token-cleanup job: status, duration and rows removed.
+"""The last runs of the token-cleanup job: status, start, duration, rows removed and error.
 
-pg_cron records each run in cron.job_run_details (status, start and end); the cleanup procedure
-records the rows it removed in refresh_token_cleanup_runs. This joins the two by time (a CALL by
-hand within 30 s of a scheduled run can be mistaken for it).
+pg_cron records each run in cron.job_run_details (status, start and end, error), in its own database;
+the cleanup procedure records the rows it removed in refresh_token_cleanup_runs, in the application
+database. This joins the two by time (a CALL by hand within 30 s of a scheduled run can be mistaken
+for it). The owner's and the read-only role's URLs from the stack outputs are enough: the stack gives
+them the job's history function (`job_history."<job name>"()` in pg_cron's database, see
+infra/dynamic/cron_job.py); an admin URL works too.
 
-    python scripts/cleanup_history.py --database-url "$ADMIN_URL" [--job NAME] [--limit 20]
-
-The URL must reach the application database as a role that may read cron.job_run_details
-(a superuser, or rds_superuser on RDS): pg_cron shows other users' runs only to them.
+    python scripts/cleanup_history.py \
+        --database-url "$(pulumi stack output --show-secrets connection_urls --json | jq -r .readonly)" \
+        --job "$(pulumi stack output cleanup_job --json | jq -r .name)" \
+        --cron-database "$(pulumi stack output cleanup_job --json | jq -r .history_database)"
 """
 
 from __future__ import annotations
@@ -16,31 +19,23 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 import psycopg
+from psycopg import conninfo as pg_conninfo
+from psycopg import sql
 
-QUERY = """
-SELECT d.runid, d.status, d.start_time, d.end_time,
-       extract(epoch FROM d.end_time - d.start_time) * 1000 AS duration_ms,
-       r.rows_deleted, r.batches, d.return_message
-FROM cron.job_run_details d
-JOIN cron.job j ON j.jobid = d.jobid
-LEFT JOIN LATERAL (
-    -- pg_cron stamps start_time from its launcher, which may see the worker start only after the
-    -- procedure has begun: take the procedure's run nearest to it. Runs of one job are at least a
-    -- minute apart and never overlap, so a 30 s window cannot pick a neighbour's.
-    SELECT c.rows_deleted, c.batches
-    FROM refresh_token_cleanup_runs c
-    WHERE c.started_at BETWEEN d.start_time - interval '30 seconds'
-                           AND coalesce(d.end_time, now()) + interval '30 seconds'
-    ORDER BY abs(extract(epoch FROM c.started_at - d.start_time))
-    LIMIT 1
-) r ON true
-WHERE j.jobname = %(job)s
-ORDER BY d.runid DESC
-LIMIT %(limit)s
+# The admin's way (a role that sees every user's runs): pg_cron's tables themselves.
+DIRECT_QUERY = """
+SELECT d.runid, d.status, d.start_time, d.end_time, d.return_message
+FROM cron.job_run_details d JOIN cron.job j ON j.jobid = d.jobid
+WHERE j.jobname = %(job)s ORDER BY d.runid DESC LIMIT %(limit)s
 """
+# pg_cron stamps start_time from its launcher, which may see the worker start only after the procedure
+# has begun: each run takes the procedure's record nearest to it within this window. Runs of one job
+# are at least a minute apart and never overlap, so the window cannot pick a neighbour's.
+MATCH_WINDOW = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -54,12 +49,41 @@ class Run:
     message: str | None
 
 
-def history(database_url: str, job: str, limit: int = 20) -> list[Run]:
-    with psycopg.connect(database_url, connect_timeout=15) as conn:
-        rows = conn.execute(QUERY, {"job": job, "limit": limit}).fetchall()
-    return [Run(r[0], r[1], r[2], float(r[4]) if r[4] is not None else None,
-                int(r[5]) if r[5] is not None else None, int(r[6]) if r[6] is not None else None, r[7])
-            for r in rows]
+def history(database_url: str, job: str, limit: int = 20, cron_database: str | None = None) -> list[Run]:
+    """The job's last `limit` runs, newest first; pg_cron's database is `cron_database` (default: the URL's)."""
+    cron_url = pg_conninfo.make_conninfo(database_url, dbname=cron_database) if cron_database else database_url
+    with psycopg.connect(cron_url, connect_timeout=15, autocommit=True) as conn:
+        try:
+            runs = conn.execute(sql.SQL("SELECT runid, status, start_time, end_time, return_message FROM {}(%s)")
+                                .format(sql.Identifier("job_history", job)), (limit,)).fetchall()
+        except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName):
+            runs = conn.execute(DIRECT_QUERY, {"job": job, "limit": limit}).fetchall()
+    recorded: list[Any] = []
+    if runs:
+        earliest = min(r[2] for r in runs if r[2]) - MATCH_WINDOW
+        with psycopg.connect(database_url, connect_timeout=15) as conn:
+            recorded = conn.execute("SELECT started_at, rows_deleted, batches FROM refresh_token_cleanup_runs "
+                                    "WHERE started_at >= %s", (earliest,)).fetchall()
+    out = []
+    for runid, status, start, end, message in runs:
+        near = [r for r in recorded if start and start - MATCH_WINDOW <= r[0] <= (end or datetime.now(r[0].tzinfo))
+                + MATCH_WINDOW]
+        best = min(near, key=lambda r: abs((r[0] - start).total_seconds()), default=None)
+        out.append(Run(runid, status, start, (end - start).total_seconds() * 1000 if start and end else None,
+                       int(best[1]) if best else None, int(best[2]) if best else None, message))
+    return out
+
+
+def _without_secrets(text: str, url: str) -> str:
+    """The error without the URL or its password (libpq may echo either)."""
+    try:
+        password = psycopg.conninfo.conninfo_to_dict(url).get("password")
+    except psycopg.ProgrammingError:
+        password = None
+    for secret in (url, password):
+        if secret:
+            text = text.replace(str(secret), "***")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,10 +91,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
     parser.add_argument("--job", default="customer_insights-delete-expired-refresh-tokens")
     parser.add_argument("--limit", type=int, default=20)
+    parser.add_argument("--cron-database", help="pg_cron's database (stack output cleanup_job.history_database); "
+                        "default: the URL's")
     args = parser.parse_args(argv)
     if not args.database_url:
         parser.error("pass --database-url or set DATABASE_URL")
-    runs = history(args.database_url, args.job, args.limit)
+    try:
+        runs = history(args.database_url, args.job, args.limit, args.cron_database)
+    except psycopg.errors.InsufficientPrivilege as e:
+        print(f"cleanup_history: this role may not read the job's run history ({e.diag.message_primary}). "
+              "Use the owner's or the read-only role's URL from the stack outputs, with --cron-database "
+              "(stack output cleanup_job.history_database) and --job (cleanup_job.name).", file=sys.stderr)
+        return 2
+    except psycopg.errors.UndefinedTable as e:
+        print(f"cleanup_history: {e.diag.message_primary}: the URL must reach the application database "
+              "(refresh_token_cleanup_runs), and --cron-database name pg_cron's database.", file=sys.stderr)
+        return 2
+    except psycopg.Error as e:  # a wrong URL, a refused login, an unreachable server
+        print(f"cleanup_history: cannot read the history: {_without_secrets(str(e).strip(), args.database_url)}",
+              file=sys.stderr)
+        return 2
     print(f"{'run':>6}  {'status':<10} {'started (UTC)':<20} {'duration':>10} {'rows':>9} {'batches':>8}  message")
     for run in runs:
         started = run.started.strftime("%Y-%m-%d %H:%M:%S") if run.started else "-"

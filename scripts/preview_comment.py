@@ -351,7 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("preview_json", help="output of `pulumi preview --json` ('-' for stdin)")
     parser.add_argument("--stack", help="stack name for the heading")
     args = parser.parse_args(argv)
-    text = sys.stdin.read() if args.preview_json == "-" else Path(args.preview_json).read_text()
+    try:
+        text = sys.stdin.read() if args.preview_json == "-" else Path(args.preview_json).read_text()
+    except OSError as exc:
+        print(f"{args.preview_json}: {exc.strerror}; pass the file `pulumi preview --json > FILE` wrote",
+              file=sys.stderr)
+        return 2
     try:
         preview = json.loads(text)
     except json.JSONDecodeError as exc:

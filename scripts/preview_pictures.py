@@ -113,7 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     for p in (er, graph):
         p.add_argument("--png", action="store_true", help="also render OUT.png with Graphviz")
     args = parser.parse_args(argv)
-    source: Any = er_dot(args.database_url) if args.picture == "er" else graph_dot(args.stack_graph.read_text())
+    try:
+        source: Any = er_dot(args.database_url) if args.picture == "er" else graph_dot(args.stack_graph.read_text())
+    except psycopg.Error as exc:  # a wrong URL, a refused login, an unreachable server
+        print(f"preview_pictures: cannot read the catalog: {str(exc).strip()}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"preview_pictures: cannot read {args.stack_graph}: {exc.strerror} "
+              "(write it with `pulumi stack graph FILE`)", file=sys.stderr)
+        return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(source)
     print(args.out)

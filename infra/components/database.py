@@ -13,6 +13,7 @@ import pulumi_random as random
 from infra.components.privileges import PrivilegeSequence
 from infra.config import RoleNames
 from infra.connection import Connection
+from infra.dynamic.adoption import RolePassword
 
 TABLE_WRITE = ["SELECT", "INSERT", "UPDATE", "DELETE"]
 SCHEMA = "public"
@@ -51,6 +52,13 @@ class DatabaseAndRolesArgs:
     keep_data_on_destroy: bool = False
     # Created before the admin provider, so nothing reaches the server before them (the stack's claim).
     after: Sequence[pulumi.Resource] = ()
+    # Adoption (config adoptFrom): the existing database and roles are imported, not created.
+    adopted: AdoptedObjects | None = None
+
+
+@dataclass(frozen=True)
+class AdoptedObjects:
+    existing_roles: frozenset[str]  # imported; the others are created
 
 
 class DatabaseAndRoles(pulumi.ComponentResource):
@@ -98,6 +106,7 @@ class DatabaseAndRoles(pulumi.ComponentResource):
                 keepers=args.password_keepers.get(purpose),
                 opts=pulumi.ResourceOptions(parent=self),
             )
+            adopted_role = args.adopted is not None and role_name in args.adopted.existing_roles
             roles[purpose] = postgresql.Role(
                 f"{name}-{purpose}",
                 name=role_name,
@@ -112,8 +121,15 @@ class DatabaseAndRoles(pulumi.ComponentResource):
                 # A kept database's tables are owned by the owner and carry the others' privileges
                 # (default privileges): PostgreSQL refuses to drop a role while they exist.
                 opts=pulumi.ResourceOptions.merge(on_server, pulumi.ResourceOptions(
-                    retain_on_delete=args.keep_data_on_destroy)),
+                    retain_on_delete=args.keep_data_on_destroy,
+                    # Imported: its provider cannot read the password back, RolePassword sets it.
+                    import_=role_name if adopted_role else None,
+                    ignore_changes=["password"] if args.adopted is not None else None)),
             )
+            if args.adopted is not None:
+                RolePassword(f"{name}-{purpose}-password-set", admin=args.admin, role=roles[purpose].name,
+                             password=password.result,
+                             opts=pulumi.ResourceOptions(parent=self, depends_on=[roles[purpose]]))
             self._logins[purpose] = (role_name, password.result)
 
         self.database = postgresql.Database(
@@ -126,7 +142,10 @@ class DatabaseAndRoles(pulumi.ComponentResource):
             template="template0",
             connection_limit=-1,
             opts=pulumi.ResourceOptions.merge(on_server, pulumi.ResourceOptions(
-                protect=args.protect_data, retain_on_delete=args.keep_data_on_destroy)),
+                protect=args.protect_data, retain_on_delete=args.keep_data_on_destroy,
+                # Adopted: created by someone else; how it was created (template, locale) is not read back.
+                import_=args.database if args.adopted is not None else None,
+                ignore_changes=["template", "lc_collate", "lc_ctype", "encoding"] if args.adopted else None)),
         )
         in_database = pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[self.database])
 
@@ -195,6 +214,8 @@ class TablePrivilegesArgs:
     roles: Mapping[str, postgresql.Role]  # by purpose, from DatabaseAndRoles
     after: Sequence[pulumi.Resource]  # the migrations that create the tables and the procedure
     privileges: PrivilegeSequence
+    # Tables another tool made (adoption): the owner's default privileges never applied to them.
+    adopted_tables: pulumi.Input[Sequence[str]] | None = None
 
 
 class TablePrivileges(pulumi.ComponentResource):
@@ -232,4 +253,11 @@ class TablePrivileges(pulumi.ComponentResource):
                   columns=list(columns), privileges=["SELECT"])
         grant("app-history-revoke", role=args.roles["app"].name, object_type="table",
               objects=[MIGRATION_HISTORY], privileges=[])
+        if args.adopted_tables is not None:
+            # What the default privileges give a table the owner creates (secret-column tables: above).
+            grant("app-adopted-tables", role=args.roles["app"].name, object_type="table",
+                  objects=args.adopted_tables, privileges=TABLE_WRITE)
+            grant("readonly-adopted-tables", role=readonly, object_type="table", privileges=["SELECT"],
+                  objects=pulumi.Output.from_input(args.adopted_tables).apply(
+                      lambda ts: [t for t in ts or [] if t not in READONLY_COLUMNS]))
         self.register_outputs({})

@@ -15,10 +15,9 @@ import pulumi
 from infra import rehearsal
 from infra.connection import Connection
 from infra.dynamic.migration import Migration
-from infra.migrate import MigrationFile, MigrationsError
+from infra.migrate import MigrationFile, MigrationsError, StatementLimits
 from infra.migrate.rehearsal import MigrationTrace, Rehearsal, StatementTrace
 from infra.migrate.review import Review, reconcile, review_migration
-from infra.migrate.session import StatementLimits
 from infra.rehearsal import Endpoint, RehearsalPlan
 
 
@@ -34,6 +33,8 @@ class MigrationsArgs:
     allow_out_of_order: bool = False
     # How the program words accepting what the library refuses (`infra.config.migration_fixes`).
     fixes: Mapping[str, str] = field(default_factory=dict)
+    # What every statement runs under: lock timeout, retries on lock_not_available, statement timeout.
+    limits: StatementLimits = field(default_factory=StatementLimits)
     # What must exist first (the database, its roles and grants). The first migration depends on
     # these directly, so the state records it and destroy reverts the schema before revoking them.
     after: list[pulumi.Resource] = field(default_factory=list)
@@ -252,6 +253,7 @@ class Migrations(pulumi.ComponentResource):
                 keep_on_destroy=args.keep_data_on_destroy,
                 allow_out_of_order=args.allow_out_of_order,
                 fixes=args.fixes,
+                limits=args.limits,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[previous] if previous else args.after),
             )
             chain.append((previous, migration))

@@ -42,6 +42,8 @@ class ScheduledJobArgs:
     privileges: PrivilegeSequence  # see infra/components/privileges.py
     # A server shared with others (external mode) keeps pg_cron on destroy: other jobs may use it.
     keep_extension_on_destroy: bool = False
+    # Roles that may read the job's run history (see infra/dynamic/cron_job.py), without any right on pg_cron.
+    history_readers: Sequence[pulumi.Input[str]] = ()
 
 
 class ScheduledJob(pulumi.ComponentResource):
@@ -81,6 +83,7 @@ class ScheduledJob(pulumi.ComponentResource):
             database=args.database,
             run_as=args.run_as,
             active=args.enabled,
+            history_readers=pulumi.Output.all(*args.history_readers) if args.history_readers else None,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[extension, *grants, *args.after]),
         )
         self.register_outputs({"job_id": self.job.job_id, "schedule": self.job.schedule})

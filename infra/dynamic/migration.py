@@ -24,10 +24,12 @@ from infra.dynamic.base import (
 from infra.migrate import (
     AppliedMigration,
     ChecksumMismatchError,
+    MigrationBlockedError,
     MigrationFile,
     MigrationsError,
     Migrator,
     OutOfOrderMigrationError,
+    StatementLimits,
     check_order,
     highest_of,
 )
@@ -49,7 +51,8 @@ def _migration(props: dict[str, Any]) -> MigrationFile:
 
 def _migrator(props: dict[str, Any]) -> Migrator:
     return Migrator(conninfo(props, application_name=APPLICATION_NAME), log=pulumi.log.info,
-                    allow_out_of_order=bool(props.get("allow_out_of_order")))
+                    allow_out_of_order=bool(props.get("allow_out_of_order")),
+                    limits=StatementLimits.from_dict(props.get("limits")))
 
 
 def _fix(props: dict[str, Any], refusal: str) -> str | None:
@@ -109,7 +112,8 @@ class MigrationProvider(DiffingProvider):
     # ones, since destroy and refresh connect with what the state holds.
     replace_keys: ClassVar[frozenset[str]] = frozenset({"version", "name", "filename"})
     ignored_keys: ClassVar[frozenset[str]] = frozenset(
-        {"accept_checksum", "allow_out_of_order", "fixes", "applied_at", "duration_ms", "applied_by", "adopted"}
+        {"accept_checksum", "allow_out_of_order", "fixes", "limits", "applied_at", "duration_ms", "applied_by",
+         "adopted"}
     )
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
@@ -137,6 +141,8 @@ class MigrationProvider(DiffingProvider):
             record, adopted = _migrator(props).apply(_migration(props))
         except OutOfOrderMigrationError as refused:  # `up` without a preview, or a file applied meanwhile
             raise refused.with_fix(_fix(props, "allow_out_of_order")) from None
+        except MigrationBlockedError as blocked:
+            raise blocked.with_fix(_fix(props, "lock_wait")) from None
         return CreateResult(id_=props["version"], outs=_outs(props, record, adopted))
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
@@ -193,6 +199,7 @@ class Migration(Resource, module="db", name="Migration"):
         keep_on_destroy: bool,
         allow_out_of_order: bool = False,
         fixes: Mapping[str, str] | None = None,
+        limits: StatementLimits | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         props: dict[str, Any] = {
@@ -209,6 +216,8 @@ class Migration(Resource, module="db", name="Migration"):
             "allow_out_of_order": allow_out_of_order,
             # How the program words accepting a refusal (its config keys); see infra.migrate's errors.
             "fixes": dict(fixes or {}),
+            # The limits its statements run under (lock timeout, retries): how, not what, so not diffed.
+            "limits": (limits or StatementLimits()).to_dict(),
             "applied_at": None,
             "duration_ms": None,
             "applied_by": None,

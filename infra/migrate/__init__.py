@@ -7,15 +7,19 @@
 Files: `sql/NNN_snake_name.sql` (+ optional `NNN_snake_name.down.sql`), see `files`. Tracking table:
 `public.schema_migrations`, see `tracking`. Concurrency: a session-level advisory lock on the fixed
 key `LOCK_KEY` (-4344450105921422089, derived from "customer-insights:schema_migrations"), see
-`locking`. Order: a pending file below the highest applied version is refused
-(`OutOfOrderMigrationError`) unless `Migrator(..., allow_out_of_order=True)`, see `runner`.
+`locking`. Limits: every statement runs under `StatementLimits` (lock timeout, retries on
+lock_not_available with a growing wait, statement timeout), see `session`. Order: a pending file below the highest
+applied version is refused (`OutOfOrderMigrationError`) unless `Migrator(..., allow_out_of_order=True)`, see `runner`.
 Errors state facts (file, version, checksums) and the ways out; a caller that offers a way to accept a
 refusal words it in its own terms (`RefusedMigrationError.with_fix`). CLI: `python -m infra.migrate --help`.
+Schemas: `catalog.snapshot` / `catalog.diff` (what a schema is made of, and every difference). Taking over
+a database another tool migrated (knex, Flyway, dbmate, golang-migrate): `adoption`.
 """
 
 from .errors import (
     ChecksumMismatchError,
     LockTimeoutError,
+    MigrationBlockedError,
     MigrationFailedError,
     MigrationFileError,
     MigrationsError,
@@ -32,6 +36,7 @@ from .files import (
 )
 from .locking import LOCK_KEY, LOCK_NAME
 from .runner import Migrator, check_order
+from .session import StatementLimits, session_setup
 from .statements import Statement, split_statements
 from .tracking import AppliedMigration, highest_of
 
@@ -42,6 +47,7 @@ __all__ = [
     "AppliedMigration",
     "ChecksumMismatchError",
     "LockTimeoutError",
+    "MigrationBlockedError",
     "MigrationFailedError",
     "MigrationFile",
     "MigrationFileError",
@@ -50,11 +56,13 @@ __all__ = [
     "OutOfOrderMigrationError",
     "RefusedMigrationError",
     "Statement",
+    "StatementLimits",
     "check_order",
     "checksum_of",
     "highest_of",
     "is_transactional",
     "load_migrations",
     "next_migration_paths",
+    "session_setup",
     "split_statements",
 ]

@@ -216,3 +216,64 @@ class LockTimeoutError(MigrationsError):
         self.holders = [dict(h) for h in holders]
         self.waited = waited
         super().__init__(message)
+
+
+class MigrationBlockedError(MigrationFailedError):
+    """A statement of a migration could not get its lock (lock_not_available, 55P03) on any attempt:
+    another session held a conflicting lock for longer than every wait together.
+
+    Besides `MigrationFailedError`'s attributes: `attempts` (how often the file was tried),
+    `waited_s` (from the first try to the last failure), `blockers` (what was seen of the blocking
+    sessions at the last attempt, a sentence each, never their query text) and `fix` (the caller's
+    words for allowing a longer wait, see `with_fix`).
+    """
+
+    fix: str | None = None
+
+    def __init__(self, failed: MigrationFailedError, *, attempts: int, waited_s: float,
+                 blockers: Sequence[str], fix: str | None = None) -> None:
+        self.attempts = attempts
+        self.waited_s = waited_s
+        self.blockers = tuple(blockers)
+        self.fix = fix
+        state = {k: v for k, v in failed.__dict__.items() if k not in ("note",)}
+        super().__init__(
+            state.pop("filename"), state.pop("statement"), state.pop("line"), state.pop("pg_message"),
+            state.pop("sqlstate"), note=self._blocked_note(failed), **state,
+        )
+
+    def _blocked_note(self, failed: MigrationFailedError) -> str:
+        who = "; ".join(self.blockers) or "a session that was not seen (it ended, or the wait was too short to sample)"
+        if failed.transactional:
+            kept = "Nothing of the file stays (each attempt was rolled back)"
+        elif failed.completed_lines:
+            kept = (f"Not transactional: the {len(failed.completed_lines)} statement(s) before it ran and stay "
+                    "applied, and applying again runs the file from its start (they must be re-runnable)")
+        else:
+            kept = "Not transactional: it was the first statement, nothing else ran"
+        longer = f"; or {self.fix}" if self.fix else "; or allow a longer wait (a longer lock timeout, more retries)"
+        return (
+            f"gave up after {self.attempts} attempt(s) over {self.waited_s:.0f} s: the lock it needs is held by "
+            f"{who}. {kept}; the migration is NOT recorded. End that session's transaction (commit or roll "
+            "back in the application that holds it, or SELECT pg_terminate_backend(<pid>) if it is stuck), "
+            f"then apply again{longer}"
+        )
+
+    def with_fix(self, fix: str | None) -> MigrationBlockedError:
+        """A copy whose message ends with the caller's way to allow a longer wait."""
+        copy = MigrationBlockedError.__new__(MigrationBlockedError)
+        copy.__dict__.update(self.__dict__)
+        copy.fix = fix
+        copy.note = copy._blocked_note(copy)
+        Exception.__init__(copy, copy._render())
+        return copy
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_blocked, (self.__dict__.copy(),))
+
+
+def _rebuild_blocked(state: dict[str, object]) -> MigrationBlockedError:
+    err = MigrationBlockedError.__new__(MigrationBlockedError)
+    err.__dict__.update(state)
+    Exception.__init__(err, err._render())
+    return err

@@ -295,6 +295,8 @@ class Observed(Protocol):
     def blocking(self) -> bool: ...
     @property
     def rewrites(self) -> Sequence[_Relation]: ...
+    @property
+    def lock_timeout(self) -> str | None: ...
 
 
 # squawk rules that guess a table rewrite; any other blocking rule guesses a lock that stops a busy table.
@@ -304,6 +306,8 @@ REWRITE_RULES = frozenset({"changing-column-type"})
 def _disproof(finding: Finding, seen: Observed) -> str | None:
     if seen.error is not None:
         return None
+    if finding.rule == "require-lock-timeout" and seen.lock_timeout not in (None, "", "0"):
+        return f"the statement ran under lock_timeout {seen.lock_timeout}, set by the runner's session limits"
     if finding.rule in REWRITE_RULES:
         if any(r.on_target for r in seen.rewrites):
             return None
@@ -317,7 +321,8 @@ def _disproof(finding: Finding, seen: Observed) -> str | None:
 def reconcile(review: Review, observed: Sequence[Observed]) -> Review:
     """`review` without the squawk findings that the rehearsal of the same file disproved: a blocking
     finding on a statement that took no blocking lock on an existing table and rewrote none (a table
-    the file itself created), a type change that rewrote nothing. `observed` must come from a
+    the file itself created), a type change that rewrote nothing, a missing lock_timeout where the
+    statement ran under one (the session limits `up` sets too). `observed` must come from a
     rehearsal on the target's schema (on an empty database every table is new). What only static
     analysis sees (destructive statements, style) is kept."""
     by_line = {seen.line: seen for seen in observed}

@@ -7,6 +7,14 @@ migration twice: under the lock the record is read again, and an already recorde
 same checksum is adopted instead of run. Instances keep only plain values (picklable by Pulumi's
 dynamic providers); nothing connects at import or construction time.
 
+Every file runs under `StatementLimits` (see `session`): a lock timeout set before its first
+statement, and, when a statement fails with lock_not_available (55P03), the file is tried again after a
+growing wait, a bounded number of times (a transactional file from its start, its failed attempt
+rolled back; a `-- migrate:no-transaction` file from the failed statement, the ones before it stay).
+Each wait is logged with who blocked the statement; after the last attempt `MigrationBlockedError`
+names them. An INVALID index that a failed `CREATE INDEX CONCURRENTLY` of the file left (in this run
+or an earlier one) is dropped before the file's statements run again.
+
 Strict order (dbmate's strict mode): a pending migration whose version is below the highest applied
 one is refused with `OutOfOrderMigrationError` before anything runs, unless the migrator is built with
 `allow_out_of_order=True`. On a fresh database every file runs in version order; a file added later
@@ -23,11 +31,27 @@ from typing import Any, LiteralString, cast
 
 import psycopg
 from psycopg import conninfo as pg_conninfo
+from psycopg import sql
 
 from . import tracking
-from .errors import ChecksumMismatchError, MigrationFailedError, MigrationsError, OutOfOrderMigrationError
+from .blockers import BlockerWatch, describe_blockers
+from .errors import (
+    ChecksumMismatchError,
+    MigrationBlockedError,
+    MigrationFailedError,
+    MigrationsError,
+    OutOfOrderMigrationError,
+)
 from .files import NO_TRANSACTION_MARKER, MigrationFile, validate_script
 from .locking import migration_lock
+from .session import (
+    LOCK_NOT_AVAILABLE,
+    StatementLimits,
+    concurrent_index_name,
+    exempt_from_statement_timeout,
+    retry_delays,
+    session_setup,
+)
 from .statements import Statement
 from .tracking import AppliedMigration, highest_of, version_number
 
@@ -57,17 +81,21 @@ class Migrator:
         log: Callable[[str], None] | None = None,
         application_name: str = "customer-insights-migrations",
         allow_out_of_order: bool = False,
+        limits: StatementLimits | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.conninfo = conninfo
         self.allow_out_of_order = allow_out_of_order
-        self.lock_timeout = lock_timeout
+        self.lock_timeout = lock_timeout  # the migration advisory lock's wait (seconds), see `locking`
         self.log = log
         self.application_name = application_name
+        self.limits = limits if limits is not None else StatementLimits()
+        self.sleep = sleep
 
     def __repr__(self) -> str:  # never show the conninfo: it may carry a password
         return (
             f"Migrator(application_name={self.application_name!r}, lock_timeout={self.lock_timeout!r}, "
-            f"allow_out_of_order={self.allow_out_of_order!r})"
+            f"allow_out_of_order={self.allow_out_of_order!r}, limits={self.limits!r})"
         )
 
     # ---------------------------------------------------------------- connections
@@ -76,8 +104,8 @@ class Migrator:
         if self.log is not None:
             self.log(message)
 
-    def _connect(self) -> psycopg.Connection[Any]:
-        params: dict[str, Any] = {"application_name": self.application_name}
+    def _connect(self, application_name: str | None = None) -> psycopg.Connection[Any]:
+        params: dict[str, Any] = {"application_name": application_name or self.application_name}
         try:
             given = pg_conninfo.conninfo_to_dict(self.conninfo)
         except psycopg.ProgrammingError as e:
@@ -151,8 +179,7 @@ class Migrator:
             def record_it(duration_ms: int) -> AppliedMigration:
                 return tracking.insert(conn, m.version, m.name, m.checksum, duration_ms)
 
-            started = time.monotonic()
-            record = self._run(conn, m.filename, m.up_sql, statements, m.transactional, record_it, started)
+            record = self._run(conn, m.filename, m.up_sql, statements, m.transactional, record_it)
             self._say(f"{m.filename}: applied in {record.duration_ms} ms")
             return record, False
 
@@ -201,7 +228,7 @@ class Migrator:
                 return record
 
             started = time.monotonic()
-            self._run(conn, m.down_filename, m.down_sql, statements, down_transactional, forget_it, started)
+            self._run(conn, m.down_filename, m.down_sql, statements, down_transactional, forget_it)
             self._say(f"{m.down_filename}: reverted in {_ms(time.monotonic() - started)} ms")
             return True
 
@@ -233,21 +260,98 @@ class Migrator:
         statements: list[Statement],
         transactional: bool,
         finish: Callable[[int], AppliedMigration],
-        started: float,
     ) -> AppliedMigration:
-        """Run `statements` then `finish(duration_ms)` (the tracking write): in one transaction, or
-        (non-transactional) one by one in autocommit, then the tracking write on its own."""
+        """Run `statements` then `finish(duration_ms)` (the tracking write) under `self.limits`: in one
+        transaction, or (non-transactional) one by one in autocommit, then the tracking write on its
+        own; tried again while a statement fails with lock_not_available and attempts are left."""
 
         def on_notice(diag: psycopg.errors.Diagnostic) -> None:
             self._say(f"{filename}: {diag.severity or 'NOTICE'}: {diag.message_primary}")
 
+        limits = self.limits
+        delays = retry_delays(limits)
+        attempts = len(delays) + 1
+        for setup in session_setup(limits):  # once: a file's own session-level SET outlives a failed statement
+            conn.execute(cast(LiteralString, setup))
+        progress: list[int] = []  # non-transactional: lines of the statements that ran (they stay)
+        started = time.monotonic()
         conn.add_notice_handler(on_notice)
         try:
-            if transactional:
-                return self._run_transactional(conn, filename, script, statements, finish, started)
-            return self._run_autocommit(conn, filename, statements, finish, started)
+            with BlockerWatch(lambda: self._connect(_watch_name(self.application_name)),
+                              conn.info.backend_pid) as watch:
+                for attempt in range(1, attempts + 1):
+                    try:
+                        if not transactional:
+                            self._drop_invalid_indexes(conn, filename, statements[len(progress):], progress, watch)
+                            return self._run_autocommit(conn, filename, statements, finish, started, progress, watch)
+                        return self._run_transactional(conn, filename, script, statements, finish, started, watch)
+                    except MigrationFailedError as failed:
+                        if failed.sqlstate != LOCK_NOT_AVAILABLE or (
+                            not transactional and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+                        ):  # a script's own BEGIN block failed: it cannot resume mid-transaction
+                            raise
+                        blockers = describe_blockers(watch.last)
+                        if attempt == attempts:
+                            raise MigrationBlockedError(
+                                failed, attempts=attempts, waited_s=time.monotonic() - started,
+                                blockers=[b.describe() for b in watch.last],
+                            ) from None
+                        undone = (
+                            "its transaction was rolled back" if transactional
+                            else f"{len(progress)} statement(s) before it ran and stay; the next attempt starts "
+                                 "at this statement"
+                        )
+                        self._say(
+                            f"{filename}, line {failed.line}: {failed.pg_message} (attempt {attempt} of "
+                            f"{attempts}): blocked by {blockers}; {undone}; trying again in "
+                            f"{delays[attempt - 1]:g} s"
+                        )
+                        self.sleep(delays[attempt - 1])
+            raise AssertionError("unreachable: the last attempt returns or raises")
         finally:
             conn.remove_notice_handler(on_notice)
+
+    def _drop_invalid_indexes(
+        self,
+        conn: psycopg.Connection[Any],
+        filename: str,
+        statements: Sequence[Statement],
+        done: Sequence[int],
+        watch: BlockerWatch,
+    ) -> None:
+        """Drop the INVALID indexes that the `CREATE INDEX CONCURRENTLY` statements among `statements`
+        would build: a failed concurrent build leaves its index behind, INVALID (not used by queries,
+        yet maintained by every write), and `IF NOT EXISTS` would then keep it as it is."""
+        for st in statements:
+            name = concurrent_index_name(st)
+            if name is None:
+                continue
+            try:
+                row = conn.execute(
+                    "SELECT n.nspname, c.relname FROM pg_catalog.pg_index i "
+                    "JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
+                    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE i.indexrelid = pg_catalog.to_regclass(%s) AND NOT i.indisvalid",
+                    (name,),
+                ).fetchone()
+            except psycopg.Error:  # a name to_regclass cannot parse: the statement itself will say
+                continue
+            if row is None:
+                continue
+            drop = sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(row[0], row[1]))
+            self._say(
+                f"{filename}, line {st.line}: index {row[0]}.{row[1]} is INVALID (left by a failed "
+                "CREATE INDEX CONCURRENTLY); dropping it (DROP INDEX CONCURRENTLY) before building it again"
+            )
+            watch.start_statement()
+            try:
+                conn.execute(drop)
+            except psycopg.Error as e:
+                raise _failed(filename, drop.as_string(conn), st.line, e, transactional=False,
+                              completed_lines=list(done)) from e
+            finally:
+                watch.end_statement()
+            self._say(f"{filename}: dropped the INVALID index {row[0]}.{row[1]}")
 
     def _run_transactional(
         self,
@@ -257,16 +361,21 @@ class Migrator:
         statements: list[Statement],
         finish: Callable[[int], AppliedMigration],
         started: float,
+        watch: BlockerWatch,
     ) -> AppliedMigration:
         phase = "statements"
         try:
             with conn.transaction():
                 for st in statements:
-                    self._execute(conn, filename, st, transactional=True)
+                    self._execute(conn, filename, st, watch, transactional=True)
                 phase = "tracking"
                 duration_ms = _ms(time.monotonic() - started)
                 conn.execute(_RESET_ROLE)
-                record = finish(duration_ms)
+                watch.start_statement()
+                try:
+                    record = finish(duration_ms)
+                finally:
+                    watch.end_statement()
                 phase = "COMMIT"
             return record
         except MigrationFailedError:
@@ -292,10 +401,11 @@ class Migrator:
         statements: list[Statement],
         finish: Callable[[int], AppliedMigration],
         started: float,
+        done: list[int],
+        watch: BlockerWatch,
     ) -> AppliedMigration:
-        done: list[int] = []
-        for st in statements:
-            self._execute(conn, filename, st, transactional=False, completed_lines=done)
+        for st in statements[len(done):]:
+            self._execute(conn, filename, st, watch, transactional=False, completed_lines=done)
             done.append(st.line)
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             conn.execute("ROLLBACK")
@@ -315,22 +425,44 @@ class Migrator:
                 "applying it again re-runs it (make it re-runnable), or insert its row by hand."
             ) from e
 
-    @staticmethod
     def _execute(
+        self,
         conn: psycopg.Connection[Any],
         filename: str,
         st: Statement,
+        watch: BlockerWatch,
         *,
         transactional: bool,
         completed_lines: Sequence[int] = (),
     ) -> None:
+        limit = self.limits.statement_timeout_ms
+        exempt = bool(limit) and exempt_from_statement_timeout(st) and _statement_timeout(conn) == limit
+        if exempt:  # only while the runner's own limit holds: a file's own SET statement_timeout wins
+            conn.execute("SET statement_timeout = 0")
+        watch.start_statement()
         try:
             # The text is trusted: it is a migration file of this repository, run as written.
             conn.execute(cast(LiteralString, st.text))
         except psycopg.Error as e:
             raise _failed(
-                filename, st.text, st, e, transactional=transactional, completed_lines=completed_lines
+                filename, st.text, st, e, transactional=transactional, completed_lines=list(completed_lines)
             ) from e
+        finally:
+            watch.end_statement()
+            if exempt and conn.info.transaction_status in (
+                psycopg.pq.TransactionStatus.IDLE, psycopg.pq.TransactionStatus.INTRANS
+            ):
+                conn.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(limit)))
+
+
+def _watch_name(application_name: str) -> str:
+    return f"{application_name} (lock watch)"[:63]
+
+
+def _statement_timeout(conn: psycopg.Connection[Any]) -> int | None:
+    """The session's statement_timeout in ms."""
+    row = conn.execute("SELECT setting FROM pg_catalog.pg_settings WHERE name = 'statement_timeout'").fetchone()
+    return int(row[0]) if row and str(row[0]).isdigit() else None
 
 
 def _mode(transactional: bool) -> str:

@@ -439,3 +439,24 @@ def test_bad_rehearsal_read_timeout(value: str) -> None:
 
 def test_bad_rehearse_migrations() -> None:
     assert "set it to true or false" in only_problem({"rehearseMigrations": "maybe"}, "rehearseMigrations")
+EXTERNAL = {"mode": "external", "externalHost": "db.internal", "externalAdminPassword": "s3cret"}
+
+
+def test_adoption_settings() -> None:
+    assert load_dict(EXTERNAL).adoption is None
+    cfg = load_dict({**EXTERNAL, "adoptFrom": "knex", "adoptAccept": ["index customers_email_idx"],
+                     "adoptScratchUrl": "postgresql://scratch"})
+    assert cfg.adoption is not None and cfg.adoption.tool == "knex"
+    assert cfg.adoption.accept == frozenset({"index customers_email_idx"})
+    assert cfg.adoption.scratch_url_key == "adoptScratchUrl"
+    assert cfg.adoption.image == "customer-insights/postgres-cron:15"
+
+
+@pytest.mark.parametrize(("values", "key", "fragment"), [
+    ({"adoptFrom": "liquibase"}, "adoptFrom", "use one of knex, flyway, dbmate, golang-migrate"),
+    ({"adoptFrom": "knex", "mode": "container"}, "adoptFrom", "set mode to external"),
+    ({"adoptAccept": ["index x"]}, "adoptAccept", "set only while adopting"),
+    ({"adoptFrom": "knex", "adoptAccept": "index x"}, "adoptAccept", "must be a list of difference ids"),
+])
+def test_adoption_errors_name_the_key_and_the_fix(values: dict[str, Any], key: str, fragment: str) -> None:
+    assert fragment in only_problem({**EXTERNAL, **values}, key)

@@ -191,6 +191,15 @@ def test_migration_accepted_checksum_change_is_an_update_not_a_replace() -> None
     assert_update(diff_migration(migration_state(), news))
 
 
+def test_migration_statement_limits_are_no_change() -> None:
+    # A stack recorded before the limits existed, and a change of the lock timeout: nothing to update.
+    limits = {"lock_timeout_ms": 1000, "statement_timeout_ms": None, "lock_retries": 2, "retry_delay_ms": 500,
+              "retry_delay_max_ms": 30000}
+    assert_no_changes(diff_migration(migration_state(), migration_inputs(limits=limits)))
+    assert_no_changes(diff_migration(migration_state(limits={**limits, "lock_timeout_ms": 2000}),
+                                     migration_inputs(limits=limits)))
+
+
 def test_migration_accept_checksum_alone_is_no_change() -> None:
     assert_no_changes(diff_migration(migration_state(), migration_inputs(accept_checksum=True)))
     assert_no_changes(diff_migration(migration_state(accept_checksum=True), migration_inputs()))

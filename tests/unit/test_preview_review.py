@@ -138,6 +138,7 @@ class Seen:
     blocking: bool = False
     rewrites: tuple[Any, ...] = ()
     error: object | None = None
+    lock_timeout: str | None = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,12 @@ def test_rehearsal_disproves_squawk_only_where_it_saw_otherwise() -> None:
     assert (4, "require-concurrent-index-creation") not in kept  # no blocking lock on an existing table
     assert {(f.line, f.rule) for f, _ in reconciled.disproved} == {
         (1, "changing-column-type"), (4, "require-concurrent-index-creation")}
+    # squawk's "missing lock_timeout" is disproved where the statement ran under one (the session limits).
+    timed = review_migration(migration("ALTER TABLE customers ADD COLUMN note text;\n"))
+    assert [f.rule for f in timed.warnings] == ["require-lock-timeout"]
+    assert reconcile(timed, [Seen(1, blocking=True, lock_timeout="2s")]).warnings == []
+    assert [f.rule for f in reconcile(timed, [Seen(1, blocking=True, lock_timeout="0")]).warnings] == [
+        "require-lock-timeout"]
     # A statement that failed in the rehearsal disproves nothing; a statement not rehearsed neither.
     assert reconcile(review, [Seen(1, error="boom"), Seen(4, error="boom")]).warnings == review.warnings
     assert reconcile(review, []).warnings == review.warnings

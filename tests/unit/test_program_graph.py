@@ -464,6 +464,7 @@ def test_exports(run: ProgramRun) -> None:
     assert run.output("roles") == ROLES
     assert run.output("cleanup_job") == {
         "name": "insights_test-delete-expired-refresh-tokens", "schedule": "7 3 * * *", "job_id": CRON_JOB_ID,
+        "history_database": "insights_test",
     }
 
 

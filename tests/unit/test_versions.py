@@ -127,3 +127,23 @@ def test_the_pins_reader_refuses_what_bash_would_read_differently(tmp_path: Path
     path.write_text(text)
     with pytest.raises(ValueError, match=problem):
         toolchain_pins(path)
+
+
+WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
+_WORKFLOW_CLI_PIN = re.compile(r"^\s*pulumi-version:\s*[\"']?([^\"'\s]+)", re.MULTILINE)
+
+
+def test_there_are_workflows_to_check() -> None:
+    assert WORKFLOWS, "no .github/workflows/*.yml found: the CLI pin check below would check nothing"
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
+def test_workflows_pin_the_cli_of_versions_env(workflow: Path) -> None:
+    pins = _WORKFLOW_CLI_PIN.findall(workflow.read_text(encoding="utf-8"))
+    expected = toolchain_pins()["PULUMI_CLI_VERSION"]
+    assert pins, f"{workflow.name} sets no `pulumi-version:`: pin the CLI there to {expected} ({VERSIONS_ENV.name})"
+    for pin in pins:
+        assert pin == expected, (
+            f"{workflow.name} pins the Pulumi CLI at {pin}, {VERSIONS_ENV.name} at {expected}: "
+            f"set `pulumi-version: \"{expected}\"` in the workflow (or change both together)"
+        )
