@@ -320,6 +320,10 @@ def test_passing_migrations_report_locks_rewrites_and_estimates_and_write_nothin
     assert not any("changing-column-type" in w for w in warnings["013_channel_to_text"]), warnings
     assert any(m.startswith("not a risk here: destructive: ALTER TABLE customer_interactions") and
                "changing-column-type" in m for _, m in diagnostics["013_channel_to_text"])
+    # The statement ran under the session's lock_timeout: squawk's "missing lock_timeout" is a note.
+    assert warnings.get("010_add_plan_with_default", []) == [], warnings
+    assert any(m.startswith("not a risk here: blocking: ALTER TABLE organizations ADD COLUMN plan (line 1)")
+               and "require-lock-timeout" in m for _, m in diagnostics["010_add_plan_with_default"])
     # A table the file itself creates: no lock warning at all.
     assert all(not st["blocking"] for st in rehearsals["014_create_audit_log"]["migration"]["statements"])
     assert warnings.get("014_create_audit_log", []) == [], warnings
