@@ -315,7 +315,9 @@ def test_passing_migrations_report_locks_rewrites_and_estimates_and_write_nothin
     channel = statement("013_channel_to_text")
     assert channel["rewrites"] == [], channel
     diagnostics = preview.diagnostics()
-    warnings = {name: [m for s, m in diags if s == "warning"] for name, diags in diagnostics.items()}
+    # squawk's warnings (the rehearsal's own warning lines are its blocking statements).
+    warnings = {name: [m for s, m in diags if s == "warning" and not m.startswith("warning: rehearsal: ")]
+                for name, diags in diagnostics.items()}
     # squawk's "changing-column-type ... rewritten" is disproved: a note, not a warning.
     assert not any("changing-column-type" in w for w in warnings["013_channel_to_text"]), warnings
     assert any(m.startswith("not a risk here: destructive: ALTER TABLE customer_interactions") and
