@@ -142,12 +142,16 @@ def test_client_tools_get_the_password_from_a_private_file_not_the_environment(t
     import os
     import stat
 
+    from psycopg.conninfo import make_conninfo
+
     from infra.migrate import scratch
 
     monkeypatch.setenv("PGPASSWORD", "inherited-secret")
-    conninfo, env = scratch._libpq_env("host=h port=5 dbname=d user=u password=p:w\\x", str(tmp_path), "target")
+    given = make_conninfo(host="h", port=5, dbname="d", user="u", password="p:w\\x")
+    conninfo, env = scratch._libpq_env(given, str(tmp_path), "target")
     assert "p:w" not in conninfo and "password" not in conninfo
     assert "PGPASSWORD" not in env and not any("p:w" in v or "inherited-secret" in v for v in env.values())
     passfile = env["PGPASSFILE"]
     assert stat.S_IMODE(os.stat(passfile).st_mode) == 0o600
-    assert open(passfile).read() == "*:*:*:*:p\\:w\\\\x\n"  # libpq's escapes for ':' and '\'
+    with open(passfile) as f:
+        assert f.read() == "*:*:*:*:p\\:w\\\\x\n"  # libpq's escapes for ':' and '\'
