@@ -20,7 +20,7 @@ from infra.components.database import (
     TablePrivileges,
     TablePrivilegesArgs,
 )
-from infra.components.migrations import Migrations, MigrationsArgs
+from infra.components.migrations import Migrations, MigrationsArgs, RehearsalArgs
 from infra.components.privileges import PrivilegeSequence
 from infra.components.protection import DataProtection
 from infra.components.scheduled_job import ScheduledJobArgs
@@ -106,6 +106,16 @@ history = (AdoptedHistory("adopted-history", connection=db.connection_for("owner
                           files=migration_files, opts=pulumi.ResourceOptions(depends_on=[db]))
            if adopted is not None and cfg.adoption else None)
 
+# The limits every migration statement runs under, in `up` and in the preview's rehearsal alike.
+statement_limits = cfg.migrations.limits
+# `pulumi preview` rehearses pending migrations on a scratch database (docs/rehearsal.md).
+rehearsal = RehearsalArgs(
+    admin=admin, roles=list(cfg.roles.all()), image=cfg.rehearsal.image, limits=statement_limits,
+    read_timeout_ms=cfg.rehearsal.read_timeout_ms, admin_reads_target=admin_is_superuser,
+    scratch_on_server=isinstance(cfg.server, stack_config.ContainerServer),
+    scratch_url=pulumi_config.require_secret(cfg.rehearsal.scratch_url_key) if cfg.rehearsal.scratch_url_key else None,
+) if cfg.rehearsal.enabled else None
+
 migrations = Migrations(
     "schema",
     MigrationsArgs(
@@ -116,8 +126,9 @@ migrations = Migrations(
         keep_data_on_destroy=cfg.migrations.keep_data_on_destroy,
         allow_out_of_order=cfg.migrations.allow_out_of_order,
         fixes=stack_config.migration_fixes(namespace),
-        limits=cfg.migrations.limits,
+        limits=statement_limits,
         after=[db, *([history] if history else [])],
+        rehearsal=rehearsal,
     ),
     # Reverting a migration drops data: protected with the database (children inherit `protect`).
     opts=pulumi.ResourceOptions(protect=cfg.protect_data),

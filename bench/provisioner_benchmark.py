@@ -17,6 +17,13 @@ Each run (default 3, `--runs`), on the local image, with a fresh file backend an
   add_N       `pulumi up --yes` adding the files up to N (setup, recorded too)
   one_more    at 300 + 1 file: `pulumi preview` (one pending) and `pulumi up --yes` (applies it)
   destroy     `pulumi destroy --yes` at 301
+  rehearsal_N at 8 and at 300 applied migrations, one pending file (an ALTER TABLE of an existing
+              table, never applied): `pulumi preview` with the rehearsal (the default) and with
+              `rehearseMigrations: false`, alternated `--rehearsal-reps` times (default 3); the
+              rehearsal's share of the preview is (with - without) / with, medians of the same run
+
+`--rehearsal-only` runs just the rehearsal steps (cold up, rehearsal at 8, up to 300, rehearsal at
+300, destroy) `--runs` times.
 
 Every Pulumi command is timed from process start to exit. Database sessions opened by each command
 are counted on the server (`pg_stat_database.sessions`, client backends only, read through
@@ -584,6 +591,72 @@ def noop_set(stack: Stack, n: int, results: dict[str, Any]) -> None:
     record(results, stack.timed(f"noop_up_skip_preview_{n}", "up", "--yes", "--skip-preview", "--expect-no-changes"))
 
 
+PENDING_SQL = "ALTER TABLE customers ADD COLUMN bench_note text;\n"
+
+
+def rehearsal_set(stack: Stack, n: int, results: dict[str, Any], reps: int) -> None:
+    """One pending file on top of `n` applied: previews with and without the rehearsal, alternated."""
+    pending = stack.project.sql / f"{n + 1:03d}_bench_pending.sql"
+    pending.write_text(PENDING_SQL)
+    with_: list[float] = []
+    without: list[float] = []
+    try:
+        for rep in range(reps):
+            for enabled in ((True, False) if rep % 2 == 0 else (False, True)):
+                stack.cli("config", "set", "--plaintext", f"{PROJECT}:rehearseMigrations", str(enabled).lower())
+                t = stack.timed(f"rehearsal_{n}_{'on' if enabled else 'off'}_{rep + 1}", "preview")
+                record(results, t)
+                (with_ if enabled else without).append(t.seconds)
+    finally:
+        pending.unlink()
+        stack.cli("config", "rm", f"{PROJECT}:rehearseMigrations")
+    on, off = statistics.median(with_), statistics.median(without)
+    results[f"rehearsal_{n}"] = {"with_s": round(on, 3), "without_s": round(off, 3), "reps": reps,
+                                 "share": round((on - off) / on, 3) if on else None}
+    log(f"  rehearsal at {n}: with {on:.2f} s, without {off:.2f} s, share {results[f'rehearsal_{n}']['share']}")
+
+
+def rehearsal_run(index: int, counts: Sequence[int], workroot: Path, source: str, reps: int) -> dict[str, Any]:
+    """Only the rehearsal's cost: at the base count and at the largest count."""
+    results: dict[str, Any] = {}
+    project = Project(Path(tempfile.mkdtemp(prefix="proj-", dir=workroot)), source)
+    stack = Stack(project, f"bench-{uuid.uuid4().hex[:8]}", free_port())
+    try:
+        stack.init()
+        base = project.migrations()
+        log(f"run {index}: rehearsal cost at {base} and {max(counts)}")
+        record(results, stack.timed("cold_up", "up", "--yes", "--skip-preview"))
+        stack.server.enable_log_connections()
+        stack.log_connections = True
+        rehearsal_set(stack, base, results, reps)
+        top = max(counts)
+        if top > base:
+            write_generated(project.sql, base + 1, top)
+            record(results, stack.timed(f"add_{top - base}_to_{base}", "up", "--yes", "--skip-preview"))
+            rehearsal_set(stack, top, results, reps)
+        record(results, stack.timed(f"destroy_{project.migrations()}", "destroy", "--yes", "--skip-preview"))
+        stack.live = False
+    finally:
+        stack.destroy_everything()
+        shutil.rmtree(project.root, ignore_errors=True)
+    results["ratios"] = rehearsal_ratios(results, base, top)
+    log(f"  ratios: {results['ratios']}")
+    return results
+
+
+def rehearsal_ratios(r: dict[str, Any], base: int, top: int) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for n in (base, top):
+        if f"rehearsal_{n}" in r:
+            out[f"rehearsal_share_of_preview_{n}"] = r[f"rehearsal_{n}"]["share"]
+            out[f"preview_with_vs_without_rehearsal_{n}"] = ratio(r[f"rehearsal_{n}"]["with_s"],
+                                                                  r[f"rehearsal_{n}"]["without_s"])
+    if f"rehearsal_{base}" in r and f"rehearsal_{top}" in r and top != base:
+        out[f"rehearsal_preview_{top}_vs_{base}"] = ratio(r[f"rehearsal_{top}"]["with_s"],
+                                                          r[f"rehearsal_{base}"]["with_s"])
+    return out
+
+
 def snapshot_sql(workroot: Path, rev: str) -> Path:
     target = Path(tempfile.mkdtemp(prefix="sql-", dir=workroot))
     archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "sql"], capture_output=True, check=True).stdout
@@ -591,7 +664,7 @@ def snapshot_sql(workroot: Path, rev: str) -> Path:
     return target / "sql"
 
 
-def one_run(index: int, counts: Sequence[int], workroot: Path, source: str) -> dict[str, Any]:
+def one_run(index: int, counts: Sequence[int], workroot: Path, source: str, reps: int = 3) -> dict[str, Any]:
     results: dict[str, Any] = {}
     log(f"run {index}: hand baseline")
     hand = hand_baseline(REPO / "sql" if source == "worktree" else snapshot_sql(workroot, source), workroot)
@@ -607,6 +680,7 @@ def one_run(index: int, counts: Sequence[int], workroot: Path, source: str) -> d
         stack.server.enable_log_connections()
         stack.log_connections = True
         noop_set(stack, base, results)
+        rehearsal_set(stack, base, results, reps)
         record(results, stack.timed(f"destroy_{base}", "destroy", "--yes", "--skip-preview"))
         stack.live = False
         record(results, stack.timed("cold_up_preview", "up", "--yes"))
@@ -619,6 +693,7 @@ def one_run(index: int, counts: Sequence[int], workroot: Path, source: str) -> d
             record(results, stack.timed(f"add_{n - current}_to_{current}", "up", "--yes", "--skip-preview"))
             current = n
             noop_set(stack, n, results)
+        rehearsal_set(stack, current, results, reps)
         write_generated(project.sql, current + 1, current + 1)
         record(results, stack.timed(f"preview_one_more_{current}", "preview"))
         record(results, stack.timed(f"up_one_more_{current}", "up", "--yes"))
@@ -627,7 +702,7 @@ def one_run(index: int, counts: Sequence[int], workroot: Path, source: str) -> d
     finally:
         stack.destroy_everything()
         shutil.rmtree(project.root, ignore_errors=True)
-    results["ratios"] = run_ratios(results, base, counts)
+    results["ratios"] = {**run_ratios(results, base, counts), **rehearsal_ratios(results, base, max(counts))}
     log(f"  ratios: {results['ratios']}")
     return results
 
@@ -730,7 +805,7 @@ def markdown(doc: dict[str, Any]) -> str:
         return profile_markdown(doc.get("profile", {}))
     keys: list[str] = []
     for r in runs:
-        keys += [k for k in r if k not in keys and k != "ratios"]
+        keys += [k for k in r if k not in keys and k != "ratios" and "seconds" in r[k]]
     lines = ["| step | " + " | ".join(f"run {i + 1}" for i in range(len(runs))) + " | median | spread | sessions |",
              "|---|" + "---:|" * (len(runs) + 3)]
     for k in keys:
@@ -763,6 +838,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="program to measure: a git revision (default HEAD: the shared tree changes while this "
                              "runs) or `worktree` (the working tree as it is at the start)")
     parser.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"))
+    parser.add_argument("--rehearsal-reps", type=int, default=3,
+                        help="previews with and without the rehearsal at each count (alternated)")
+    parser.add_argument("--rehearsal-only", action="store_true", help="measure only the rehearsal's cost")
     parser.add_argument("--summarize", nargs="+", metavar="JSON", help="print the summary of result files")
     args = parser.parse_args(argv)
     if args.summarize:
@@ -787,9 +865,12 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.runs):
             if i:
                 time.sleep(args.pause)
-            doc["runs"].append(one_run(i + 1, counts, workroot, args.source))
+            if args.rehearsal_only:
+                doc["runs"].append(rehearsal_run(i + 1, counts, workroot, args.source, args.rehearsal_reps))
+            else:
+                doc["runs"].append(one_run(i + 1, counts, workroot, args.source, args.rehearsal_reps))
             out_path.write_text(json.dumps(doc, indent=1))
-        if args.profile:
+        if args.profile and not args.rehearsal_only:
             log("instrumented pass")
             doc["profile"] = profile_pass(counts, workroot, args.source)
         doc["machine"]["load_avg_at_end"] = os.getloadavg()

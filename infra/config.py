@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import psycopg
 import pulumi
 from croniter import croniter
+from psycopg.conninfo import conninfo_to_dict
 
 from infra.migrate import MigrationFile, MigrationFileError, StatementLimits, load_migrations
 
@@ -31,6 +33,8 @@ MAX_PASSWORD_LENGTH = 128
 MODES = ("container", "external")
 DEV_STACK = "dev"  # the one stack whose data is not protected by default (protectData)
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+DEFAULT_IMAGE = "customer-insights/postgres-cron:15"
+SCRATCH_URL_KEY = "rehearsalScratchUrl"
 # migrationLockTimeout: the application's queries queue behind a waiting ALTER for up to this long per
 # attempt (bench/README.md, "Migrations behind a blocker").
 DEFAULT_LOCK_TIMEOUT_MS = 2000
@@ -123,6 +127,37 @@ class MigrationSettings:
     limits: StatementLimits = field(default_factory=lambda: StatementLimits(lock_timeout_ms=DEFAULT_LOCK_TIMEOUT_MS))
 
 
+@dataclass(frozen=True)
+class RehearsalSettings:
+    # rehearseMigrations: `pulumi preview` runs each pending migration on a scratch copy of the schema.
+    enabled: bool = True
+    # rehearsalScratchUrl: the config key the program reads the scratch server's URL from as a secret
+    # (never kept here); None: the stack's own container, or a local container of `image`.
+    scratch_url_key: str | None = None
+    # rehearsalReadTimeout: the statement timeout of every read on the target during a preview.
+    read_timeout_ms: int = 10000
+    # The image of a local scratch container (the stack's `image`, in either mode).
+    image: str = DEFAULT_IMAGE
+
+
+def _scratch_url_problem(value: str) -> str | None:
+    """What is wrong with a rehearsalScratchUrl, never quoting it (it carries a password)."""
+    how = (f"set it with `pulumi config set --secret {SCRATCH_URL_KEY} "
+           "postgresql://postgres:PASSWORD@HOST:PORT/postgres` (the superuser of a throwaway server), "
+           f"or remove it (`pulumi config rm {SCRATCH_URL_KEY}`) to rehearse on the default scratch server")
+    if not value.startswith(("postgresql://", "postgres://")):
+        return f"not a postgresql:// URL; {how}"
+    try:
+        params = conninfo_to_dict(value)
+    except psycopg.ProgrammingError:
+        return f"not a valid postgresql:// URL; {how}"
+    if not params.get("host"):
+        return f"the URL names no host; {how}"
+    if not all(part.isdigit() for part in str(params.get("port") or "5432").split(",")):
+        return f"the URL's port is not a number; {how}"
+    return None
+
+
 def migration_fixes(namespace: str) -> dict[str, str]:
     """How a user of this program accepts what the migration library refuses, in this program's config
     keys (the library and the Migration resource know none); `{version}` stands for the migration's."""
@@ -167,6 +202,7 @@ class StackConfig:
     protect_data: bool = True
     # passwordRotation: a counter per role ("all" for every role); see _password_rotation.
     password_rotation: dict[str, int] = field(default_factory=dict)
+    rehearsal: RehearsalSettings = field(default_factory=RehearsalSettings)
     adoption: AdoptionSettings | None = None
 
     def rotation_keepers(self, purpose: str) -> dict[str, str] | None:
@@ -319,7 +355,7 @@ def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
     else:
         expose = r.boolean("exposeBeyondLoopback", False)
         server = ContainerServer(
-            image=r.text("image", "customer-insights/postgres-cron:15"),
+            image=r.text("image", DEFAULT_IMAGE),
             host_port=r.integer("hostPort", 55432, 1, 65535, port_hint),
             bind_address=r.text("bindAddress", "127.0.0.1", check=_ip_problem if expose else _address_problem),
             superuser="postgres",
@@ -351,6 +387,17 @@ def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
         batch_size=r.integer("cleanupBatchSize", 5000, 1, 1_000_000, "use 1 to 1000000 rows per batch"),
     )
 
+    scratch_url = source.get(SCRATCH_URL_KEY)
+    if scratch_url not in (None, "") and (message := _scratch_url_problem(str(scratch_url))):
+        r.problem(SCRATCH_URL_KEY, message)
+    rehearsal = RehearsalSettings(
+        enabled=r.boolean("rehearseMigrations", True),
+        scratch_url_key=SCRATCH_URL_KEY if scratch_url not in (None, "") else None,
+        read_timeout_ms=r.integer("rehearsalReadTimeout", 10000, 100, 600_000,
+                                  "the timeout of each read on the target, in milliseconds: 100 to 600000"),
+        image=server.image if isinstance(server, ContainerServer) else r.text("image", DEFAULT_IMAGE),
+    )
+
     # Only the throwaway `dev` stack defaults to unprotected: a stack that forgets the key is safe.
     protect_data = r.boolean("protectData", stack != DEV_STACK)
 
@@ -369,6 +416,7 @@ def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
         cleanup_job=cleanup_job,
         protect_data=protect_data,
         password_rotation=password_rotation,
+        rehearsal=rehearsal,
         adoption=adoption,
     )
 

@@ -5,14 +5,17 @@
 
 The comment starts with a one-line verdict, then the migrations that will run with the review the
 program logged on each during the preview (what it does, squawk's destructive or blocking
-findings), then every other resource change. It prints names of changed properties, never values
-(`pulumi preview --json` masks secrets, and a comment is no place for the rest either).
+findings, and the rehearsal's table: per statement the lock, the objects, the rewrite, the estimated
+time at the target's size and the data check), then every other resource change. It prints names
+of changed properties, never values (`pulumi preview --json` masks secrets, and a comment is no
+place for the rest either).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,6 +28,9 @@ _OP_ALIASES = {"create-replacement": "replace", "delete-replaced": "replace", "d
 _QUIET_OPS = {"same", "read", "refresh"}
 _OP_ORDER = ["delete", "replace", "update", "create", "import"]
 _MARK = {"destructive": "🛑", "blocking": "🔒"}
+# The program's machine-readable line of a migration's rehearsal (infra/components/migrations.py).
+REHEARSAL_JSON = "rehearsal-json: "
+_LINE = re.compile(r"\(line (\d+)\)")
 # Lets the workflow find and edit its own comment instead of adding one per push.
 COMMENT_MARKER = "<!-- preview_comment.py -->"
 
@@ -51,6 +57,23 @@ class MigrationReview:
     does: str | None = None
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    rehearsal: dict[str, Any] | None = None  # the rehearsal-json line's object
+
+    @property
+    def statements(self) -> list[dict[str, Any]]:
+        return list(((self.rehearsal or {}).get("migration") or {}).get("statements") or [])
+
+    def blocking_lines(self) -> set[int]:
+        """Statements that block an existing table: the rehearsal's, and squawk's where not rehearsed."""
+        lines = {int(st["line"]) for st in self.statements if st.get("blocking")}
+        if self.rehearsal is None:
+            lines |= {int(m[1]) for w in self.warnings if w.startswith("blocking:") and (m := _LINE.search(w))}
+        return lines
+
+    def failing(self) -> int:
+        migration = (self.rehearsal or {}).get("migration") or {}
+        failing = sum(1 for st in self.statements if st.get("failing"))
+        return failing or (1 if migration.get("error") else 0)
 
 
 def _changes(steps: Iterable[dict[str, Any]]) -> dict[str, Change]:
@@ -107,8 +130,13 @@ def render(preview: dict[str, Any], stack: str | None = None) -> str:
         review = MigrationReview(change.name, change.op)
         for diag in by_urn.get(change.urn, []):
             message = _message(diag)
-            if message.startswith("will run: "):
+            if message.startswith(REHEARSAL_JSON):
+                review.rehearsal = json.loads(message.removeprefix(REHEARSAL_JSON))
+            elif message.startswith("will run: "):
                 review.does = message.removeprefix("will run: ")
+            elif message.startswith(("rehearsal: ", "rehearsal estimates: ", "rehearsal ran on ")) or (
+                    diag.get("severity") == "error" and message.startswith(review.name)):
+                continue  # the rehearsal's own lines: the table shows them
             elif diag.get("severity") == "warning":
                 review.warnings.append(message)
             elif diag.get("severity") != "error":
@@ -116,7 +144,9 @@ def render(preview: dict[str, Any], stack: str | None = None) -> str:
         migrations.append(review)
     migrations.sort(key=lambda r: r.name)
     others.sort(key=lambda c: (_OP_ORDER.index(c.op), c.type, c.name))
-    errors = [_message(d) for d in diagnostics if d.get("severity") == "error"]
+    tabled = {c.urn for c in changes.values() if c.type == MIGRATION_TYPE}
+    errors = [_message(d) for d in diagnostics if d.get("severity") == "error"
+              and not (d.get("urn") in tabled and _message(d).startswith(d["urn"].rsplit("::", 1)[1]))]
     unchanged = int((preview.get("changeSummary") or {}).get("same", 0))
 
     heading = f"### `pulumi preview`{f' of stack `{stack}`' if stack else ''}"
@@ -148,7 +178,131 @@ def _migration_lines(review: MigrationReview) -> list[str]:
         kind = warning.split(":", 1)[0]
         lines.append(f"  - {_MARK.get(kind, '⚠️')} {warning}")
     lines += [f"  - <sub>{note}</sub>" for note in review.notes]
+    if review.rehearsal is not None:
+        lines += ["", *_rehearsal_table(review)]
     return [*lines, ""]
+
+
+def _rehearsal_table(review: MigrationReview) -> list[str]:
+    migration = review.rehearsal.get("migration") or {} if review.rehearsal else {}
+    status = {"passes": "✅ passes", "fails": "❌ fails"}.get(migration.get("status", ""), "⏭️ not rehearsed")
+    how = "one transaction" if migration.get("transactional") else "no transaction: statement by statement"
+    head = f"  Rehearsal of `{migration.get('filename', review.name)}` ({how}): **{status}**"
+    if not migration.get("rehearsed"):
+        return [f"{head}: {migration.get('reason') or ''}".rstrip(": ")]
+    rows = ["  | line | statement | lock | objects | rewrite | est. time at target size | data check |",
+            "  |---:|---|---|---|---|---|---|"]
+    for st in review.statements:
+        rows.append("  | " + " | ".join(_cell(c) for c in (
+            str(st.get("line", "")), f"`{st.get('summary', '')}`", _lock(st), _objects(st), _rewrite(st),
+            _estimate(st), _check(st))) + " |")
+    if migration.get("error") and not any(st.get("error") for st in review.statements):
+        rows.append(f"  | | | | | | | ❌ {_cell(_failure_text(migration['error']))} |")
+    notes = []
+    if scratch := (review.rehearsal or {}).get("scratch"):
+        notes.append(f"ran on an empty database on {scratch} (no target database yet)"
+                     if (review.rehearsal or {}).get("from_files_alone") else
+                     f"ran on a copy of the target's schema on {scratch}; the target was only read")
+    if calibration := (review.rehearsal or {}).get("calibration"):
+        notes.append(f"estimates: {calibration.get('text', '')}")
+    if not (review.rehearsal or {}).get("target_read"):
+        notes.append(f"target not read: {(review.rehearsal or {}).get('target_note') or 'unknown'}")
+    timeouts = {(st.get("lock_timeout"), st.get("statement_timeout")) for st in review.statements}
+    if len(timeouts) == 1 and (limits := timeouts.pop()) != (None, None):
+        notes.append(f"ran under lock_timeout {limits[0]}, statement_timeout {limits[1]}")
+    return [head, "", *rows, *([f"  <sub>{'; '.join(notes)}</sub>"] if notes else [])]
+
+
+_BLOCKING_MODES = ("SHARE", "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE")
+_STRENGTH = ["ACCESS SHARE", "ROW SHARE", "ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", *_BLOCKING_MODES]
+
+
+def _lock(st: dict[str, Any]) -> str:
+    if st.get("error"):
+        return "-"
+    modes = [lk["mode"] for lk in st.get("locks") or [] if lk.get("on_target")]
+    if not modes:
+        return "none on an existing object"
+    strongest = max(modes, key=lambda m: _STRENGTH.index(m) if m in _STRENGTH else -1)
+    return f"🔒 {strongest}" if st.get("blocking") else strongest
+
+
+def _objects(st: dict[str, Any]) -> str:
+    sizes = {s["relation"]: s for s in st.get("sizes") or []}
+    names: list[str] = []
+    indexes = 0
+    for lk in st.get("locks") or []:
+        if not lk.get("on_target"):
+            continue
+        if lk.get("kind") in ("index", "partitioned index"):
+            indexes += 1
+        elif lk["relation"] not in names:
+            names.append(lk["relation"])
+    texts = []
+    for name in names:
+        size = sizes.get(name) or {}
+        rows = size.get("rows")
+        texts.append(f"{name} ({'~' if size.get('rows_source') == 'estimate' else ''}{rows:,} rows)"
+                     if isinstance(rows, int) else name)
+    if indexes:
+        texts.append(_count(indexes, "index").replace("indexs", "indexes"))
+    return ", ".join(texts) or "-"
+
+
+def _rewrite(st: dict[str, Any]) -> str:
+    rewrites = [r for r in st.get("rewrites") or [] if r.get("on_target")]
+    if not rewrites:
+        return "no"
+    tables = [("TRUNCATE " if r.get("truncate") else "") + r["relation"] for r in rewrites
+              if r.get("kind") not in ("index", "partitioned index")]
+    indexes = len(rewrites) - len(tables)
+    rebuilt = _count(indexes, "index").replace("indexs", "indexes")
+    if not tables:
+        return f"**yes**: {rebuilt} rebuilt"
+    return "**yes**: " + ", ".join(tables) + (f" (+{rebuilt})" if indexes else "")
+
+
+def _estimate(st: dict[str, Any]) -> str:
+    ms = st.get("estimate_ms")
+    if st.get("error") or ms is None:
+        return "unknown"
+    return _duration(float(ms))
+
+
+def _duration(ms: float) -> str:
+    if ms < 1000:
+        return f"{max(1, round(ms))} ms"
+    if ms < 120_000:
+        return f"{ms / 1000:.1f} s"
+    if ms < 7_200_000:
+        return f"{ms / 60_000:.0f} min"
+    return f"{ms / 3_600_000:.1f} h"
+
+
+def _check(st: dict[str, Any]) -> str:
+    if st.get("error"):
+        return f"❌ {_failure_text(st['error'])}"
+    texts = []
+    for check in st.get("checks") or []:
+        subject = f"{check.get('check')} {check.get('relation')}.{check.get('subject')}"
+        if check.get("status") == "failed":
+            texts.append(f"❌ FAILS: {check.get('count'):,} {_CHECK_NOUNS.get(check.get('check'), 'rows')} "
+                         f"({subject})")
+        elif check.get("status") == "passed":
+            texts.append(f"✅ {subject}")
+        else:
+            texts.append(f"❔ unknown ({subject}): {check.get('reason') or ''}")
+    return "; ".join(texts) or "-"
+
+
+_CHECK_NOUNS = {"unique": "duplicate groups", "rows": "rows", "not_null": "NULL rows", "check": "violating rows",
+                "foreign_key": "orphan rows", "exclusion": "conflicting rows"}
+
+
+def _failure_text(error: dict[str, Any]) -> str:
+    where = f"line {error['line']}: " if error.get("line") else ""
+    state = f" (SQLSTATE {error['sqlstate']})" if error.get("sqlstate") else ""
+    return f"{where}{error.get('message', '')}{state}"
 
 
 def _count(n: int, noun: str) -> str:
@@ -156,12 +310,17 @@ def _count(n: int, noun: str) -> str:
 
 
 def _verdict(migrations: list[MigrationReview], others: list[Change], errors: list[str]) -> str:
+    failing = sum(m.failing() for m in migrations)
+    blocking = sum(len(m.blocking_lines()) for m in migrations)
+    if failing:
+        found = _count(failing, "failing statement") + (f", {_count(blocking, 'blocking statement')}"
+                                                        if blocking else "")
+        return f"❌ The rehearsal failed: {found}; nothing was applied."
     if errors:
         return f"❌ The preview failed: {errors[0][:300]}"
     running = [m for m in migrations if m.op in ("create", "replace")]
     reverted = [m for m in migrations if m.op == "delete"]
-    kinds = [w.split(":", 1)[0] for m in migrations for w in m.warnings]
-    destructive, blocking = kinds.count("destructive"), kinds.count("blocking")
+    destructive = sum(1 for m in migrations for w in m.warnings if w.startswith("destructive:"))
     lost = [c for c in others if c.op in ("delete", "replace")]
     if not running and not reverted and not others and not migrations:
         return "✅ No changes."
@@ -182,9 +341,11 @@ def _verdict(migrations: list[MigrationReview], others: list[Change], errors: li
         risks.append("an applied migration file was removed (`pulumi up` refuses it)")
     if lost:
         risks.append(f"{_count(len(lost), 'resource')} replaced or deleted")
+    files = sum(1 for m in migrations if (m.rehearsal or {}).get("migration", {}).get("rehearsed"))
+    checked = f" (rehearsed: {files} of {len(running)}, 0 failing statements)" if files else ""
     if risks:
-        return f"⚠️ Review needed: {summary}; " + ", ".join(risks) + "."
-    return f"✅ {summary}; nothing destructive or blocking found."
+        return f"⚠️ Review needed: {summary}{checked}; " + ", ".join(risks) + "."
+    return f"✅ {summary}{checked}; nothing destructive or blocking found."
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import functools
+import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pulumi
 
+from infra import rehearsal
 from infra.connection import Connection
 from infra.dynamic.migration import Migration
 from infra.migrate import MigrationFile, MigrationsError, StatementLimits
-from infra.migrate.review import review_migration
+from infra.migrate.rehearsal import MigrationTrace, Rehearsal, StatementTrace
+from infra.migrate.review import Review, reconcile, review_migration
+from infra.rehearsal import Endpoint, RehearsalPlan
 
 
 @dataclass
@@ -36,34 +41,193 @@ class MigrationsArgs:
     # `pulumi preview` reviews each pending migration with squawk, using this configuration (None:
     # the .squawk.toml squawk finds from `directory` upwards, as `squawk sql/*.sql` in CI does).
     squawk_config: str | None = None
+    # `pulumi preview` rehearses the pending migrations on a scratch database (None: it does not).
+    rehearsal: RehearsalArgs | None = None
 
 
-def review_if_pending(resource: Migration, migration: MigrationFile, args: MigrationsArgs) -> pulumi.Output[None]:
-    """During a preview, logs on `resource` what its file will do and warns of what is risky in it.
+@dataclass
+class RehearsalArgs:
+    """How `pulumi preview` rehearses the pending migrations (docs/rehearsal.md)."""
+
+    # The server's administrator on its admin database: says whether the target database exists yet.
+    admin: Connection
+    # Every role the stack makes (the owner first): an empty scratch database gets them, NOLOGIN.
+    roles: Sequence[str]
+    image: str  # of a local scratch container: the first preview, or external mode without scratch_url
+    limits: StatementLimits
+    read_timeout_ms: int = 10000
+    # Container mode: the stack's own server takes the scratch databases (admin is its superuser).
+    scratch_on_server: bool = False
+    # The admin may read every table of the target (a superuser); else the owner role reads it.
+    admin_reads_target: bool = False
+    scratch_url: pulumi.Input[str] | None = None  # secret: a throwaway server's superuser URL
+
+
+async def _plain(value: pulumi.Input[Any]) -> Any:
+    """The value of an input during the preview; None while it is unknown (not created yet)."""
+    output = pulumi.Output.from_input(value)
+    return await output.future() if await output.is_known() else None
+
+
+async def _endpoint(connection: Connection) -> Endpoint | None:
+    parts = [await _plain(x) for x in (connection.host, connection.port, connection.database, connection.user,
+                                       connection.password)]
+    if any(p is None for p in parts):
+        return None
+    host, port, database, user, password = parts
+    return Endpoint(str(host), int(port), str(database), str(user), str(password), connection.sslmode)
+
+
+async def _plan(owner: Connection, args: RehearsalArgs) -> RehearsalPlan:
+    admin = await _endpoint(args.admin)
+    owner_endpoint = await _endpoint(owner)
+    database = await _plain(owner.database)
+    reader = owner_endpoint
+    if args.admin_reads_target and admin is not None and database is not None:
+        reader = dataclasses.replace(admin, database=str(database))
+    url = await _plain(args.scratch_url) if args.scratch_url is not None else None
+    return RehearsalPlan(
+        owner=str(args.roles[0]), database=str(database or ""), roles=tuple(args.roles), image=args.image,
+        limits=args.limits, read_timeout_ms=args.read_timeout_ms, admin=admin,
+        reader=reader if database is not None else None, scratch_on_server=args.scratch_on_server,
+        scratch_url=str(url) if url else None,
+    )
+
+
+REHEARSAL_JSON = "rehearsal-json: "  # the prefix of the machine-readable line scripts/preview_comment.py reads
+
+
+def _rehearsal_json(result: Rehearsal, trace: MigrationTrace, outcome: rehearsal.Outcome) -> str:
+    whole = result.to_dict()
+    entry = next(m for m in whole["migrations"] if m["filename"] == trace.filename)
+    return REHEARSAL_JSON + json.dumps({
+        "migration": entry, "calibration": whole["calibration"], "target_read": whole["target_read"],
+        "target_note": whole["target_note"], "scratch": outcome.scratch,
+        "from_files_alone": outcome.from_files_alone,
+    }, sort_keys=True, separators=(",", ":"))
+
+
+def _log_rehearsal(resource: Migration, result: Rehearsal, trace: MigrationTrace,
+                   outcome: rehearsal.Outcome) -> list[str]:
+    """Logs the file's rehearsal on its resource; returns its failures, each naming file and line."""
+    head, *statements = trace.lines()
+    pulumi.log.info(f"rehearsal: {head}", resource=resource)
+    failures: list[str] = []
+    for line, st in zip(statements, trace.statements, strict=True):
+        text = f"rehearsal: {line.strip()}"
+        if st.failing:
+            pulumi.log.error(f"{trace.filename}, {text.removeprefix('rehearsal: ')}", resource=resource)
+            failures.append(_failure(trace, st))
+        elif st.blocking:
+            pulumi.log.warn(text, resource=resource)
+        else:
+            pulumi.log.info(text, resource=resource)
+    if trace.error is not None and not any(st.error for st in trace.statements):
+        pulumi.log.error(f"rehearsal: {trace.error.describe()}", resource=resource)
+        failures.append(trace.error.describe())
+    if result.calibration is not None:
+        pulumi.log.info(f"rehearsal estimates: {result.calibration.describe()}", resource=resource)
+    where = "an empty database (the target database does not exist yet)" if outcome.from_files_alone else (
+        f"a copy of the target's schema on {outcome.scratch}")
+    pulumi.log.info(f"rehearsal ran on {where}; the target was only read"
+                    + ("" if result.target_read else f" (not read: {result.target_note})"), resource=resource)
+    pulumi.log.info(_rehearsal_json(result, trace, outcome), resource=resource)
+    return failures
+
+
+def _failure(trace: MigrationTrace, st: StatementTrace) -> str:
+    """`file, line N: statement: what fails` (the error's own line: where in the statement it is)."""
+    if st.error is not None:
+        state = f" (SQLSTATE {st.error.sqlstate})" if st.error.sqlstate else ""
+        return f"{trace.filename}, line {st.error.line or st.line}: {st.summary}: {st.error.message}{state}"
+    failed = "; ".join(c.describe().removeprefix("FAILS: ") for c in st.checks if c.status == "failed")
+    return f"{trace.filename}, line {st.line}: {st.summary}: {failed}"
+
+
+class RehearsalFailed(pulumi.RunError):
+    """A pending migration fails on the target's data or schema. A RunError: the preview fails with
+    this message alone, no traceback."""
+
+
+def review_pending(chain: Sequence[tuple[Migration, MigrationFile]], args: MigrationsArgs) -> pulumi.Output[None]:
+    """During a preview, logs on each pending migration what its file will do (squawk's review and,
+    unless turned off, the rehearsal's trace) and fails the preview if the rehearsal fails.
 
     Pending means not in the state yet: its id is unknown until the engine creates it (an applied
     migration keeps the id it was recorded with). The review rides on the resource's diagnostics,
     so `pulumi preview` shows it under the migration and `pulumi preview --json` carries it by URN.
+    No pending migration: nothing runs, no session is opened.
     """
     config = Path(args.squawk_config) if args.squawk_config else None
 
     async def review() -> None:
-        if await resource.id.is_known():
+        pending = [(r, m) for r, m in chain if not await r.id.is_known()]
+        if not pending:
             return
-        run = functools.partial(review_migration, migration, squawk_config=config, search_from=Path(args.directory))
-        try:
-            result = await asyncio.get_running_loop().run_in_executor(None, run)
-        except MigrationsError as exc:
-            pulumi.log.warn(f"review incomplete: {exc}", resource=resource)
-            return
-        pulumi.log.info(f"will run: {result.summary()}", resource=resource)
-        for finding in result.warnings:
-            pulumi.log.warn(str(finding), resource=resource)
-        if result.lint:
-            rules = sorted({f.rule for f in result.lint})
-            pulumi.log.info(f"squawk style notes: {len(result.lint)} ({', '.join(rules)})", resource=resource)
+        for resource, _ in pending:  # resolved now, so each log line below is sent before the preview ends
+            await resource.urn.future()
+        loop = asyncio.get_running_loop()
+
+        def squawk(m: MigrationFile) -> Review | MigrationsError:
+            try:
+                return review_migration(m, squawk_config=config, search_from=Path(args.directory))
+            except MigrationsError as exc:
+                return exc
+
+        reviews = asyncio.gather(*(loop.run_in_executor(None, squawk, m) for _, m in pending))
+        outcome: rehearsal.Outcome | MigrationsError | None = None
+        if args.rehearsal is not None:
+            plan = await _plan(args.connection, args.rehearsal)
+
+            def say(message: str) -> None:
+                loop.call_soon_threadsafe(pulumi.log.debug, message)
+
+            def rehearse_chain() -> rehearsal.Outcome | MigrationsError:
+                try:
+                    return rehearsal.run(plan, [m for _, m in chain], {m.version for _, m in pending}, say)
+                except MigrationsError as exc:
+                    return exc
+
+            outcome = await loop.run_in_executor(None, rehearse_chain)
+        # On an empty database every table is new: that disproves no squawk finding about a live one.
+        fresh = len(pending) == len(chain)
+        result = outcome.rehearsal if isinstance(outcome, rehearsal.Outcome) else None
+        failures: list[str] = []
+        for (resource, migration), found in zip(pending, await reviews, strict=True):
+            trace = next((t for t in result.migrations if t.filename == migration.filename), None) if result else None
+            if isinstance(found, MigrationsError):
+                pulumi.log.warn(f"review incomplete: {found}", resource=resource)
+            else:
+                trusted = isinstance(outcome, rehearsal.Outcome) and (not outcome.from_files_alone or fresh)
+                if trace is not None and trace.rehearsed and trusted:
+                    found = reconcile(found, trace.statements)
+                _log_review(resource, found)
+            if isinstance(outcome, MigrationsError):
+                pulumi.log.warn(f"not rehearsed: {outcome}", resource=resource)
+            elif isinstance(outcome, rehearsal.Outcome) and (result is None or trace is None):
+                pulumi.log.info("not rehearsed: already recorded on the target; `up` adopts it without "
+                                "running it", resource=resource)
+            elif isinstance(outcome, rehearsal.Outcome) and result is not None and trace is not None:
+                failures += _log_rehearsal(resource, result, trace, outcome)
+        if failures:
+            await asyncio.sleep(0)  # lets the log lines above reach the engine before the program ends
+            raise RehearsalFailed(
+                "The rehearsal of the pending migrations failed; nothing was applied:\n"
+                + "\n".join(f"  - {f}" for f in failures)
+                + "\nFix the migration (or the data it meets), then preview again.")
 
     return pulumi.Output.from_input(review())
+
+
+def _log_review(resource: Migration, result: Review) -> None:
+    pulumi.log.info(f"will run: {result.summary()}", resource=resource)
+    for finding in result.warnings:
+        pulumi.log.warn(str(finding), resource=resource)
+    for finding, why in result.disproved:
+        pulumi.log.info(f"not a risk here: {finding} -- {why}", resource=resource)
+    if result.lint:
+        rules = sorted({f.rule for f in result.lint})
+        pulumi.log.info(f"squawk style notes: {len(result.lint)} ({', '.join(rules)})", resource=resource)
 
 
 class Migrations(pulumi.ComponentResource):
@@ -79,6 +243,7 @@ class Migrations(pulumi.ComponentResource):
     def __init__(self, name: str, args: MigrationsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("customer-insights:db:Migrations", name, None, opts)
         previous: Migration | None = None
+        chain: list[tuple[Migration, MigrationFile]] = []
         for migration in args.migrations:
             previous = Migration(
                 # Named after the file (the provider refuses a rename of an applied one, naming this name).
@@ -92,8 +257,9 @@ class Migrations(pulumi.ComponentResource):
                 limits=args.limits,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[previous] if previous else args.after),
             )
-            if pulumi.runtime.is_dry_run():
-                review_if_pending(previous, migration, args)
+            chain.append((previous, migration))
+        if pulumi.runtime.is_dry_run():
+            review_pending(chain, args)
         self.last = previous
         self.versions = [f.version for f in args.migrations]
         self.register_outputs({"versions": self.versions})

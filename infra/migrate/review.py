@@ -21,9 +21,10 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 from .errors import MigrationsError
 from .files import MigrationFile
@@ -67,6 +68,8 @@ class Review:
     filename: str
     actions: list[str]
     findings: list[Finding] = field(default_factory=list)
+    # squawk findings a rehearsal of the file disproved, each with what the rehearsal saw instead.
+    disproved: list[tuple[Finding, str]] = field(default_factory=list)
 
     @property
     def warnings(self) -> list[Finding]:
@@ -271,3 +274,66 @@ def review_migration(m: MigrationFile, *, squawk_config: Path | None = None, sea
             findings.extend(_own_findings(st, described, rules_by_statement.get(st.line, set())))
     findings.sort(key=lambda f: (f.line, f.kind != DESTRUCTIVE, f.rule))
     return Review(m.filename, [a for a in actions.values() if a is not None], findings)
+
+
+# ------------------------------------------------------------------------------------------ rehearsed
+
+
+class _Relation(Protocol):
+    @property
+    def on_target(self) -> bool: ...
+
+
+class Observed(Protocol):
+    """What a rehearsal saw one statement do (`rehearsal.StatementTrace` is one)."""
+
+    @property
+    def line(self) -> int: ...
+    @property
+    def error(self) -> object | None: ...
+    @property
+    def blocking(self) -> bool: ...
+    @property
+    def rewrites(self) -> Sequence[_Relation]: ...
+    @property
+    def lock_timeout(self) -> str | None: ...
+
+
+# squawk rules that guess a table rewrite; any other blocking rule guesses a lock that stops a busy table.
+REWRITE_RULES = frozenset({"changing-column-type"})
+
+
+def _disproof(finding: Finding, seen: Observed) -> str | None:
+    if seen.error is not None:
+        return None
+    if finding.rule == "require-lock-timeout" and seen.lock_timeout not in (None, "", "0"):
+        return f"the statement ran under lock_timeout {seen.lock_timeout}, set by the runner's session limits"
+    if finding.rule in REWRITE_RULES:
+        if any(r.on_target for r in seen.rewrites):
+            return None
+        return "the rehearsal saw no rewrite of an existing table or index (the type change is binary-coercible)"
+    if finding.kind == BLOCKING and not seen.blocking:
+        return ("the rehearsal saw no lock that blocks an existing table (its tables are new, or the lock "
+                "is weaker than squawk assumes)")
+    return None
+
+
+def reconcile(review: Review, observed: Sequence[Observed]) -> Review:
+    """`review` without the squawk findings that the rehearsal of the same file disproved: a blocking
+    finding on a statement that took no blocking lock on an existing table and rewrote none (a table
+    the file itself created), a type change that rewrote nothing, a missing lock_timeout where the
+    statement ran under one (the session limits `up` sets too). `observed` must come from a
+    rehearsal on the target's schema (on an empty database every table is new). What only static
+    analysis sees (destructive statements, style) is kept."""
+    by_line = {seen.line: seen for seen in observed}
+    kept: list[Finding] = []
+    disproved = list(review.disproved)
+    for finding in review.findings:
+        seen = by_line.get(finding.line)
+        ours = finding.rule.startswith("review:")
+        why = None if seen is None or ours else _disproof(finding, seen)
+        if why is None:
+            kept.append(finding)
+        else:
+            disproved.append((finding, why))
+    return replace(review, findings=kept, disproved=disproved)

@@ -411,13 +411,19 @@ def _client_binary(name: str) -> str:
     return found
 
 
-def _libpq_env(conninfo: str) -> tuple[str, dict[str, str]]:
-    """(conninfo without its password, environment carrying it): a password is never on a command line."""
+def _libpq_env(conninfo: str, folder: str, name: str) -> tuple[str, dict[str, str]]:
+    """(conninfo without its password, environment naming a 0600 password file in `folder`): a password
+    is never on a command line nor in a process's environment."""
     params = pg_conninfo.conninfo_to_dict(conninfo)
     password = params.pop("password", None)
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
     if password:
-        env["PGPASSWORD"] = str(password)
+        passfile = os.path.join(folder, f"{name}.pgpass")
+        escaped = str(password).replace("\\", "\\\\").replace(":", "\\:")
+        fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"*:*:*:*:{escaped}\n")
+        env["PGPASSFILE"] = passfile
     env.setdefault("PGCONNECT_TIMEOUT", str(CONNECT_TIMEOUT))
     return pg_conninfo.make_conninfo(**{k: str(v) for k, v in params.items()}), env
 
@@ -457,7 +463,7 @@ def _copy_schema(target: str, scratch: str, say: Log, timeout: float, lock_wait_
     pg_dump, pg_restore = _client_binary("pg_dump"), _client_binary("pg_restore")
     with tempfile.TemporaryDirectory(prefix="rehearsal-") as tmp:
         dump = os.path.join(tmp, "schema.dump")
-        source, env = _libpq_env(target)
+        source, env = _libpq_env(target, tmp, "target")
         # The whole session is read-only; pg_dump itself only reads, under ACCESS SHARE locks.
         env["PGOPTIONS"] = f"{os.environ.get('PGOPTIONS', '')} -c default_transaction_read_only=on".strip()
         env["PGAPPNAME"] = "migration-rehearsal-dump"
@@ -472,7 +478,7 @@ def _copy_schema(target: str, scratch: str, say: Log, timeout: float, lock_wait_
         toc = os.path.join(tmp, "schema.list")
         with open(toc, "w") as f:
             f.write("\n".join(kept) + "\n")
-        dest, restore_env = _libpq_env(scratch)
+        dest, restore_env = _libpq_env(scratch, tmp, "scratch")
         restore_env["PGAPPNAME"] = "migration-rehearsal-restore"
         _run_client(
             [pg_restore, "--exit-on-error", "--single-transaction", "--no-password", "-L", toc,
@@ -490,7 +496,7 @@ def _run_client(
     except subprocess.TimeoutExpired as e:
         raise ScratchError(f"{what} did not finish within {timeout:.0f} s; nothing was rehearsed") from e
     if proc.returncode != 0:
-        stderr = _scrub(proc.stderr.strip(), *hidden, env.get("PGPASSWORD", ""))
+        stderr = _scrub(proc.stderr.strip(), *hidden)
         fix = ""
         if "server version mismatch" in stderr:
             fix = (

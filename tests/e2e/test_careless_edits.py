@@ -150,7 +150,14 @@ def live(pulumi_cli: auto.PulumiCommand, tmp_path_factory: pytest.TempPathFactor
         clean_up_stack(stack)
 
 
-def test_a_stack_created_by_the_previous_program_shows_no_changes(live: Live) -> None:
+def test_a_stack_created_by_the_previous_program_changes_no_migration(live: Live) -> None:
+    # The cleanup job alone is updated, in place: it gains its run-history function (infra/dynamic/cron_job.py).
+    preview = live.stack.preview(color="never")
+    assert preview.change_summary.get("update") == 1, preview.change_summary
+    assert set(preview.change_summary) <= {"update", "same"}, preview.change_summary
+    updated = [line for line in preview.stdout.splitlines() if line.strip().startswith("~  ")]
+    assert len(updated) == 1 and "dynamic/db:CronJob token-cleanup update" in updated[0], preview.stdout
+    live.stack.up(color="never")
     live.converged()
 
 

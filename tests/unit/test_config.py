@@ -12,6 +12,7 @@ from infra.config import (
     ContainerServer,
     ExternalServer,
     MigrationSettings,
+    RehearsalSettings,
     RoleNames,
     StackConfig,
     load,
@@ -402,6 +403,42 @@ def test_cron_syntax_pg_cron_does_not_accept_is_rejected(schedule: str) -> None:
     assert problem is not None and "pg_cron 1.4 does not accept" in problem
 
 
+# ---------------------------------------------------------------------------------------------- rehearsal
+
+
+def test_rehearsal_defaults_on_with_the_default_scratch_and_the_stack_image() -> None:
+    assert load_dict({}).rehearsal == RehearsalSettings(
+        enabled=True, scratch_url_key=None, read_timeout_ms=10000, image="customer-insights/postgres-cron:15")
+    custom = load_dict({"image": "registry.local/pg:15", "rehearseMigrations": "false",
+                        "rehearsalReadTimeout": "2500"}).rehearsal
+    assert (custom.enabled, custom.read_timeout_ms, custom.image) == (False, 2500, "registry.local/pg:15")
+
+
+def test_external_mode_rehearses_on_a_local_container_of_image_unless_a_scratch_url_is_given() -> None:
+    external = {"mode": "external", "externalHost": "db.internal", "externalAdminPassword": "s3cret"}
+    assert load_dict({**external, "image": "registry.local/pg:16"}).rehearsal.image == "registry.local/pg:16"
+    url = "postgresql://postgres:hunter2-scratch@scratch.internal:5433/postgres"
+    cfg = load_dict({**external, "rehearsalScratchUrl": url})
+    assert cfg.rehearsal.scratch_url_key == "rehearsalScratchUrl"
+    assert "hunter2-scratch" not in repr(cfg)  # read as a secret by the program, never kept here
+
+
+@pytest.mark.parametrize("value", ["scratch.internal:5432", "host=scratch user=postgres", "postgresql:///postgres",
+                                   "postgresql://postgres:pw-secret@scratch:notaport/postgres"])
+def test_bad_scratch_url_names_the_key_and_the_fix_never_the_value(value: str) -> None:
+    problem = only_problem({"rehearsalScratchUrl": value}, "rehearsalScratchUrl")
+    assert "pulumi config set --secret rehearsalScratchUrl postgresql://" in problem
+    assert "pulumi config rm rehearsalScratchUrl" in problem
+    assert "pw-secret" not in problem and "scratch.internal" not in problem
+
+
+@pytest.mark.parametrize("value", ["0", "99", "600001", "10s"])
+def test_bad_rehearsal_read_timeout(value: str) -> None:
+    assert "in milliseconds: 100 to 600000" in only_problem({"rehearsalReadTimeout": value}, "rehearsalReadTimeout")
+
+
+def test_bad_rehearse_migrations() -> None:
+    assert "set it to true or false" in only_problem({"rehearseMigrations": "maybe"}, "rehearseMigrations")
 EXTERNAL = {"mode": "external", "externalHost": "db.internal", "externalAdminPassword": "s3cret"}
 
 

@@ -5,13 +5,16 @@ squawk itself runs here (the real binary from squawk-cli): it is a fast local to
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from infra.dynamic.migration import Migration
 from infra.migrate import MigrationFile, checksum_of
-from infra.migrate.review import BLOCKING, DESTRUCTIVE, describe, find_squawk, review_migration
+from infra.migrate.review import BLOCKING, DESTRUCTIVE, describe, find_squawk, reconcile, review_migration
 from scripts import preview_comment
 
 pytestmark = pytest.mark.unit
@@ -122,3 +125,92 @@ def test_workflows_pin_the_cli_of_versions_env_and_find_the_comment_by_its_marke
     preview = (REPO / ".github" / "workflows" / "pulumi-preview.yml").read_text()
     assert f"marker='{preview_comment.COMMENT_MARKER}'" in preview
     assert preview_comment.render({"steps": []}).rstrip().endswith(preview_comment.COMMENT_MARKER)
+
+
+# ------------------------------------------------------------------------------------------ the rehearsal
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What a rehearsal saw one statement do (the fields `reconcile` reads of a StatementTrace)."""
+
+    line: int
+    blocking: bool = False
+    rewrites: tuple[Any, ...] = ()
+    error: object | None = None
+    lock_timeout: str | None = None
+
+
+@dataclass(frozen=True)
+class Rewritten:
+    on_target: bool
+
+
+def test_rehearsal_disproves_squawk_only_where_it_saw_otherwise() -> None:
+    review = review_migration(migration(
+        "ALTER TABLE customer_interactions ALTER COLUMN channel TYPE text;\n"
+        "ALTER TABLE customers ALTER COLUMN interaction_count TYPE bigint;\n"
+        "CREATE INDEX customers_name_idx ON customers (name);\n"
+        "CREATE INDEX orders_name_idx ON orders (name);\n"
+        "ALTER TABLE users DROP COLUMN legacy;\n"
+    ), squawk_config=REPO / ".squawk.toml")
+    assert {(f.line, f.rule) for f in review.warnings} >= {
+        (1, "changing-column-type"), (2, "changing-column-type"), (3, "require-concurrent-index-creation"),
+        (4, "require-concurrent-index-creation"), (5, "ban-drop-column")}
+    seen = [Seen(1, blocking=True), Seen(2, blocking=True, rewrites=(Rewritten(True),)), Seen(3, blocking=True),
+            Seen(4, blocking=False), Seen(5, blocking=True)]
+    reconciled = reconcile(review, seen)
+    kept = {(f.line, f.rule) for f in reconciled.warnings}
+    assert (1, "changing-column-type") not in kept  # no rewrite: binary-coercible
+    assert {(2, "changing-column-type"), (3, "require-concurrent-index-creation"), (5, "ban-drop-column")} <= kept
+    assert (4, "require-concurrent-index-creation") not in kept  # no blocking lock on an existing table
+    assert {(f.line, f.rule) for f, _ in reconciled.disproved} == {
+        (1, "changing-column-type"), (4, "require-concurrent-index-creation")}
+    # squawk's "missing lock_timeout" is disproved where the statement ran under one (the session limits).
+    timed = review_migration(migration("ALTER TABLE customers ADD COLUMN note text;\n"))
+    assert [f.rule for f in timed.warnings] == ["require-lock-timeout"]
+    assert reconcile(timed, [Seen(1, blocking=True, lock_timeout="2s")]).warnings == []
+    assert [f.rule for f in reconcile(timed, [Seen(1, blocking=True, lock_timeout="0")]).warnings] == [
+        "require-lock-timeout"]
+    # A statement that failed in the rehearsal disproves nothing; a statement not rehearsed neither.
+    assert reconcile(review, [Seen(1, error="boom"), Seen(4, error="boom")]).warnings == review.warnings
+    assert reconcile(review, []).warnings == review.warnings
+
+
+def rehearsal_line(statements: list[dict[str, Any]], status: str) -> str:
+    migration = {"filename": "010_a.sql", "rehearsed": True, "status": status, "transactional": True,
+                 "error": None, "statements": statements}
+    return "rehearsal-json: " + json.dumps({"migration": migration, "calibration": None, "target_read": True})
+
+
+def test_comment_counts_blocking_statements_once_and_failing_ones_from_the_rehearsal() -> None:
+    lock = {"mode": "ACCESS EXCLUSIVE", "relation": "public.organizations", "kind": "table", "on_target": True}
+    blocking = {"line": 1, "summary": "ALTER TABLE organizations ADD COLUMN plan text NOT NULL DEFAULT 'x'",
+                "locks": [lock], "rewrites": [], "sizes": [], "checks": [], "blocking": True, "failing": False,
+                "estimate_ms": 3.2, "lock_timeout": "5s", "statement_timeout": "0"}
+    urn = URN.format("010_a")
+    diagnostics = [
+        {"urn": urn, "severity": "info", "message": "will run: ALTER TABLE organizations ADD COLUMN plan"},
+        # squawk's warning on the same statement the rehearsal counts: one blocking statement, not two.
+        {"urn": urn, "severity": "warning",
+         "message": "blocking: ALTER TABLE organizations ADD COLUMN plan (line 1): Missing `set lock_timeout` "
+                    "[squawk require-lock-timeout]"},
+        {"urn": urn, "severity": "warning", "message": "rehearsal: line 1: ALTER TABLE organizations ..."},
+        {"urn": urn, "severity": "info", "message": rehearsal_line([blocking], "passes")},
+    ]
+    text = preview_comment.render({"steps": [{"op": "create", "urn": urn}], "diagnostics": diagnostics})
+    assert ("**⚠️ Review needed: 1 migration will run (rehearsed: 1 of 1, 0 failing statements); "
+            "1 blocking statement.**") in text
+    assert ("  | 1 | `ALTER TABLE organizations ADD COLUMN plan text NOT NULL DEFAULT 'x'` | 🔒 ACCESS EXCLUSIVE | "
+            "public.organizations | no | 3 ms | - |") in text
+    assert "rehearsal: line 1" not in text  # the table carries the rehearsal's own lines
+
+    check = {"check": "rows", "relation": "public.organizations", "subject": "plan", "status": "failed", "count": 2000}
+    failed = {**blocking, "checks": [check], "failing": True}
+    diagnostics[-1] = {"urn": urn, "severity": "info", "message": rehearsal_line([failed], "fails")}
+    diagnostics.append({"urn": urn, "severity": "error", "message": "010_a.sql, line 1: ... FAILS: 2,000 rows"})
+    diagnostics.append({"severity": "error", "message": "The rehearsal of the pending migrations failed"})
+    text = preview_comment.render({"steps": [{"op": "create", "urn": urn}], "diagnostics": diagnostics})
+    assert "**❌ The rehearsal failed: 1 failing statement, 1 blocking statement; nothing was applied.**" in text
+    assert "❌ FAILS: 2,000 rows (rows public.organizations.plan)" in text
+    assert "- The rehearsal of the pending migrations failed" in text and "- 010_a.sql, line 1" not in text

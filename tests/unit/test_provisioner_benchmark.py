@@ -103,3 +103,14 @@ def test_breakdown_splits_a_dynamic_chain_into_engine_host_and_program_time() ->
     assert chain["per_resource_ms"] == pytest.approx(56.67, abs=0.01)
     assert out["until_first_registration_s"] == pytest.approx(1.0)
     assert out["engine_calls"]["pulumirpc.ResourceProvider/Diff"]["calls"] == 3
+
+
+def test_rehearsal_share_and_ratios_from_the_same_run() -> None:
+    results = {"rehearsal_9": {"with_s": 8.0, "without_s": 6.0, "share": 0.25},
+               "rehearsal_300": {"with_s": 20.0, "without_s": 12.0, "share": 0.4}}
+    assert bench.rehearsal_ratios(results, 9, 300) == {
+        "rehearsal_share_of_preview_9": 0.25, "preview_with_vs_without_rehearsal_9": 1.333,
+        "rehearsal_share_of_preview_300": 0.4, "preview_with_vs_without_rehearsal_300": 1.667,
+        "rehearsal_preview_300_vs_9": 2.5,
+    }
+    assert bench.rehearsal_ratios({}, 9, 300) == {}

@@ -136,3 +136,22 @@ def test_a_pg_dump_older_than_the_server_names_the_fix(tmp_path: Path) -> None:
     assert "server version mismatch" in message and "server version: 16.4" in message
     assert "older than the target server" in message and "postgresql-client-NN" in message
     assert "p4ss-w0rd" not in message
+
+
+def test_client_tools_get_the_password_from_a_private_file_not_the_environment(tmp_path, monkeypatch) -> None:
+    import os
+    import stat
+
+    from psycopg.conninfo import make_conninfo
+
+    from infra.migrate import scratch
+
+    monkeypatch.setenv("PGPASSWORD", "inherited-secret")
+    given = make_conninfo(host="h", port=5, dbname="d", user="u", password="p:w\\x")
+    conninfo, env = scratch._libpq_env(given, str(tmp_path), "target")
+    assert "p:w" not in conninfo and "password" not in conninfo
+    assert "PGPASSWORD" not in env and not any("p:w" in v or "inherited-secret" in v for v in env.values())
+    passfile = env["PGPASSFILE"]
+    assert stat.S_IMODE(os.stat(passfile).st_mode) == 0o600
+    with open(passfile) as f:
+        assert f.read() == "*:*:*:*:p\\:w\\\\x\n"  # libpq's escapes for ':' and '\'
