@@ -10,7 +10,7 @@ import pulumi
 import pulumi_random as random
 
 from infra import config as stack_config
-from infra import token_cleanup
+from infra import dependency_order, token_cleanup
 from infra.components.database import (
     PURPOSES,
     DatabaseAndRoles,
@@ -27,6 +27,9 @@ from infra.connection import Connection
 from infra.dynamic.stack_claim import StackClaim
 from infra.preflight import check_external_server
 
+# The SDK's own cycle check walks the whole migration chain for every migration (quadratic, recursive):
+# replaced by a ranked one before anything is declared (see infra/dependency_order.py).
+dependency_order.install()
 namespace, stack = pulumi.get_project(), pulumi.get_stack()
 pulumi_config = pulumi.Config()
 cfg = stack_config.load(pulumi_config, namespace=namespace, stack=stack)
