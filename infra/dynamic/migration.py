@@ -7,6 +7,7 @@ script even after the file has left the repository, and `pulumi preview` can tel
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -82,6 +83,23 @@ def _out_of_order(news: dict[str, Any]) -> str | None:
     except OutOfOrderMigrationError as refused:
         return str(refused.with_fix(_fix(news, "allow_out_of_order")))
     return None
+
+
+# `pulumi refresh` reads every migration at once: the tracking table is read once per database by
+# this provider process (the refresh's), under a lock so parallel reads wait for the first one.
+_refreshed_by_database: dict[tuple[Any, ...], dict[str, AppliedMigration]] = {}
+_refresh_lock = threading.Lock()
+
+
+def applied_for_refresh(props: dict[str, Any]) -> dict[str, AppliedMigration]:
+    """The tracking table of `props`' database as read by this process's first `read` of it."""
+    key = database_of(props)
+    if key is None:
+        return _migrator(props).applied()
+    with _refresh_lock:
+        if key not in _refreshed_by_database:
+            _refreshed_by_database[key] = _migrator(props).applied()
+        return _refreshed_by_database[key]
 
 
 def _outs(props: dict[str, Any], record: Any, adopted: bool) -> dict[str, Any]:
@@ -162,7 +180,7 @@ class MigrationProvider(DiffingProvider):
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         """`pulumi refresh`: a migration reverted outside Pulumi disappears from the state."""
-        applied = _migrator(props).applied().get(props["version"])
+        applied = applied_for_refresh(props).get(props["version"])
         if applied is None:
             return ReadResult(id_="", outs={})
         return ReadResult(id_=id_, outs={**props, "checksum": applied.checksum})
