@@ -35,6 +35,7 @@ pulumi_config = pulumi.Config()
 cfg = stack_config.load(pulumi_config, namespace=namespace, stack=stack)
 migrations_dir = Path(__file__).resolve().parent / cfg.migrations.directory
 migration_files = stack_config.checked_migrations(migrations_dir, cfg.migrations, namespace)
+checkpoint = stack_config.checked_checkpoint(migrations_dir, migration_files, namespace)
 
 # The server, and how Pulumi reaches it as an administrator.
 if isinstance(cfg.server, stack_config.ExternalServer):
@@ -97,6 +98,7 @@ migrations = Migrations(
         allow_out_of_order=cfg.migrations.allow_out_of_order,
         fixes=stack_config.migration_fixes(namespace),
         after=[db],
+        checkpoint=checkpoint,
     ),
     # Reverting a migration drops data: protected with the database (children inherit `protect`).
     opts=pulumi.ResourceOptions(protect=cfg.protect_data),

@@ -16,7 +16,14 @@ from typing import Any, Literal, Protocol
 import pulumi
 from croniter import croniter
 
-from infra.migrate import MigrationFile, MigrationFileError, load_migrations
+from infra.migrate import (
+    Checkpoint,
+    MigrationFile,
+    MigrationFileError,
+    load_checkpoint,
+    load_migrations,
+    split_at_checkpoint,
+)
 
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 VERSION = re.compile(r"^[0-9]{3,}$")
@@ -128,6 +135,17 @@ def checked_migrations(directory: Path, settings: MigrationSettings, namespace: 
             "remove them from the stack config"
         ])
     return files
+
+
+def checked_checkpoint(directory: Path, files: list[MigrationFile], namespace: str) -> Checkpoint | None:
+    """The checkpoint of `directory` (migrationsDir), None without one; a held file that is missing or
+    was edited since it was folded is refused before any resource is declared."""
+    try:
+        checkpoint = load_checkpoint(directory)
+        split_at_checkpoint(files, checkpoint)
+    except MigrationFileError as exc:
+        raise ConfigError([f"{namespace}:migrationsDir: {exc}"]) from exc
+    return checkpoint
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ import pulumi
 
 from infra.connection import Connection
 from infra.dynamic.migration import Migration
-from infra.migrate import MigrationFile, MigrationsError
+from infra.dynamic.migration_checkpoint import MigrationCheckpoint
+from infra.migrate import Checkpoint, MigrationFile, MigrationsError, split_at_checkpoint
 from infra.migrate.review import review_migration
 
 
@@ -34,6 +35,8 @@ class MigrationsArgs:
     # `pulumi preview` reviews each pending migration with squawk, using this configuration (None:
     # the .squawk.toml squawk finds from `directory` upwards, as `squawk sql/*.sql` in CI does).
     squawk_config: str | None = None
+    # sql/checkpoint.json (`infra.config.checked_checkpoint`): the files up to it are one resource.
+    checkpoint: Checkpoint | None = None
 
 
 def review_if_pending(resource: Migration, migration: MigrationFile, args: MigrationsArgs) -> pulumi.Output[None]:
@@ -64,6 +67,30 @@ def review_if_pending(resource: Migration, migration: MigrationFile, args: Migra
     return pulumi.Output.from_input(review())
 
 
+def declare_checkpoint(
+    component: pulumi.ComponentResource, covered: Sequence[MigrationFile], args: MigrationsArgs
+) -> MigrationCheckpoint:
+    """One resource for the files a checkpoint holds; during a preview of its creation, it names each
+    of them (the ones not recorded yet on the database are applied, in order, by `up`)."""
+    assert args.checkpoint is not None
+    checkpoint_through = args.checkpoint.through
+    checkpoint = MigrationCheckpoint(
+        "schema-checkpoint", through=args.checkpoint.through, migrations=list(covered),
+        connection=args.connection, keep_on_destroy=args.keep_data_on_destroy,
+        allow_out_of_order=args.allow_out_of_order,
+        opts=pulumi.ResourceOptions(parent=component, depends_on=args.after),
+    )
+    if pulumi.runtime.is_dry_run():
+        async def name_them() -> None:
+            if not await checkpoint.id.is_known():
+                pulumi.log.info(f"checkpoint through {checkpoint_through}: "
+                                f"applies those of its {len(covered)} files not recorded yet, in order: "
+                                + ", ".join(m.filename for m in covered), resource=checkpoint)
+        named: pulumi.Output[None] = pulumi.Output.from_input(name_them())
+        del named
+    return checkpoint
+
+
 class Migrations(pulumi.ComponentResource):
     """One `Migration` resource per file, each depending on the one before.
 
@@ -71,13 +98,14 @@ class Migrations(pulumi.ComponentResource):
     reverse order (the engine deletes dependents first).
     """
 
-    last: Migration | None
+    last: pulumi.CustomResource | None
     versions: list[str]
 
     def __init__(self, name: str, args: MigrationsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("customer-insights:db:Migrations", name, None, opts)
-        previous: Migration | None = None
-        for migration in args.migrations:
+        covered, pending = split_at_checkpoint(args.migrations, args.checkpoint)
+        previous: pulumi.CustomResource | None = declare_checkpoint(self, covered, args) if covered else None
+        for migration in pending:
             previous = Migration(
                 migration.filename.removesuffix(".sql"),
                 migration=migration,

@@ -22,6 +22,7 @@ from infra.dynamic.base import (
     renamed_from_generic_type,
     stop_waiting_on_property_outputs,
 )
+from infra.dynamic.migration_checkpoint import covered_by_checkpoint
 from infra.migrate import (
     AppliedMigration,
     ChecksumMismatchError,
@@ -175,6 +176,9 @@ class MigrationProvider(DiffingProvider):
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         if props.get("keep_on_destroy"):
             pulumi.log.info(f"{props['filename']}: kept ({_fix(props, 'keep_data') or 'keep_on_destroy is set'})")
+            return
+        if covered_by_checkpoint(props):  # moved into the checkpoint, which reverts it on destroy
+            pulumi.log.info(f"{props['filename']}: held by the checkpoint now, forgotten (not reverted)")
             return
         _migrator(props).revert(_migration(props))
 

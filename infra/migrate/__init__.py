@@ -13,6 +13,15 @@ Errors state facts (file, version, checksums) and the ways out; a caller that of
 refusal words it in its own terms (`RefusedMigrationError.with_fix`). CLI: `python -m infra.migrate --help`.
 """
 
+from .checkpoint import (
+    CHECKPOINT_FILE,
+    Checkpoint,
+    CheckpointEntry,
+    checkpoint_of,
+    load_checkpoint,
+    split_at_checkpoint,
+    write_checkpoint,
+)
 from .errors import (
     ChecksumMismatchError,
     LockTimeoutError,
@@ -36,10 +45,13 @@ from .statements import Statement, split_statements
 from .tracking import AppliedMigration, highest_of
 
 __all__ = [
+    "CHECKPOINT_FILE",
     "LOCK_KEY",
     "LOCK_NAME",
     "NO_TRANSACTION_MARKER",
     "AppliedMigration",
+    "Checkpoint",
+    "CheckpointEntry",
     "ChecksumMismatchError",
     "LockTimeoutError",
     "MigrationFailedError",
@@ -51,10 +63,14 @@ __all__ = [
     "RefusedMigrationError",
     "Statement",
     "check_order",
+    "checkpoint_of",
     "checksum_of",
     "highest_of",
     "is_transactional",
+    "load_checkpoint",
     "load_migrations",
     "next_migration_paths",
+    "split_at_checkpoint",
     "split_statements",
+    "write_checkpoint",
 ]
