@@ -76,7 +76,7 @@ else:
                        password=superuser_password.result, sslmode="disable")
     admin_is_superuser = True
 
-# One sequence for every grant of the program: no two privilege changes ever run at once.
+# One sequence for every grant of the program: no two privilege changes on one catalog row run at once.
 privileges = PrivilegeSequence()
 db = DatabaseAndRoles(
     "app-db",

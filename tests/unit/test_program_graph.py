@@ -438,6 +438,21 @@ def test_no_two_privilege_resources_on_one_object_can_run_at_once(run: ProgramRu
     assert concurrent_privilege_pairs(run) == []
 
 
+def test_privilege_resources_wait_only_for_privilege_resources_on_their_own_rows(run: ProgramRun) -> None:
+    # The other half of the rule: no privilege resource waits for another one on a different row, so
+    # the engine runs those in parallel (the database's, the schema's and the default ACLs' rows).
+    by_urn = {r.urn: r for r in run.resources if r.type in PRIVILEGE_TYPES}
+    needless = [(r.name, by_urn[d].name) for r in by_urn.values() for d in r.dependencies
+                if d in by_urn and not rows_overlap(acl_rows(r), acl_rows(by_urn[d]))]
+    assert needless == []
+    unordered = {frozenset(p) for p in itertools.combinations(("app-db-app-connect", "app-db-app-schema-usage",
+                                                               "app-db-app-default-table",
+                                                               "app-db-app-default-sequence"), 2)}
+    ordered = {frozenset((a.name, b.name)) for a, b in itertools.combinations(by_urn.values(), 2)
+               if a.urn in run.upstream_of(b) or b.urn in run.upstream_of(a)}
+    assert not unordered & ordered
+
+
 def test_the_concurrency_check_finds_unordered_grants_on_one_object(run: ProgramRun) -> None:
     # The same program with the ordering taken away: the check above must report the races.
     unordered = ProgramRun(
