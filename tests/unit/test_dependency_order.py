@@ -97,3 +97,19 @@ def test_same_answers_as_the_sdk_on_random_graphs(seed: int) -> None:
     for o, t in zip(ours, theirs, strict=True):
         names = [{n.name[1:] for n in resource_cycle_breaker._deps(r)} for r in (o, t)]
         assert names[0] == names[1]
+
+
+def test_the_program_declares_1100_chained_migrations(tmp_path) -> None:
+    """The real __main__.py under mocks with 1,100 files: the SDK's own check raised RecursionError
+    at about 1,000 (the real CLI at this size: bench/README.md)."""
+    from devsupport.program_mocks import MIGRATION, ProgramHarness
+    from tests.unit.test_program_graph import CONTAINER_CONFIG
+
+    count = 1100
+    for n in range(1, count + 1):
+        (tmp_path / f"{n:04d}_t{n}.sql").write_text(f"CREATE TABLE t{n} (id int);\n")
+    run = ProgramHarness().run({**CONTAINER_CONFIG, "migrationsDir": str(tmp_path), "acceptChecksums": "[]"})
+    migrations = run.of_type(MIGRATION)
+    assert len(migrations) == count
+    urns = [m.urn for m in migrations]
+    assert all(urns[i - 1] in migrations[i].dependencies for i in range(1, count))
