@@ -125,7 +125,10 @@ def checked_migrations(directory: Path, settings: MigrationSettings, namespace: 
     """The migrations of `directory` (migrationsDir), loaded and validated once, before any resource is
     declared; what the library refuses is worded in this program's config keys."""
     try:
-        files = load_migrations(directory)
+        # Files a checkpoint holds were validated before they were applied: not parsed again.
+        checkpoint = load_checkpoint(directory) if directory.is_dir() else None
+        held = {e.version: e.checksum for e in checkpoint.migrations} if checkpoint else None
+        files = load_migrations(directory, validated=held)
     except MigrationFileError as exc:
         raise ConfigError([f"{namespace}:migrationsDir: {exc}"]) from exc
     unknown = sorted(settings.accept_checksums - {f.version for f in files})

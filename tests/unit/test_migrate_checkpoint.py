@@ -79,3 +79,16 @@ def test_a_malformed_checkpoint_names_the_fix(tmp_path: Path) -> None:
     (tmp_path / "checkpoint.json").write_text("{not json")
     with pytest.raises(MigrationFileError, match=re.escape("python -m infra.migrate checkpoint --through VERSION")):
         load_checkpoint(tmp_path)
+
+
+def test_files_a_checkpoint_holds_are_not_parsed_again_unless_changed(tmp_path: Path) -> None:
+    ms = files(tmp_path, 2)
+    # What validation would refuse, to show it is skipped only for the exact checksum held.
+    (tmp_path / "003_m3.sql").write_text("BEGIN;\nCREATE TABLE m3 (id int);\nCOMMIT;\n")
+    with pytest.raises(MigrationFileError, match="explicit BEGIN"):
+        load_migrations(tmp_path)
+    from infra.migrate import checksum_of
+    held = {m.version: m.checksum for m in ms} | {"003": checksum_of("BEGIN;\nCREATE TABLE m3 (id int);\nCOMMIT;\n")}
+    assert [m.version for m in load_migrations(tmp_path, validated=held)] == ["001", "002", "003"]
+    with pytest.raises(MigrationFileError, match="explicit BEGIN"):
+        load_migrations(tmp_path, validated={**held, "003": "sha256:other"})
