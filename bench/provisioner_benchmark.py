@@ -681,6 +681,68 @@ def run_ratios(r: dict[str, Any], base: int, counts: Sequence[int]) -> dict[str,
     }
 
 
+def paired_run(workroot: Path, source: str, total: int, keep: int, repeats: int) -> dict[str, Any]:
+    """The targets' comparisons with both sides measured alternately, a few seconds apart (the machine
+    is shared: load moves within one long run): hand against cold `up`, and a stack of the shipped
+    files against one of `total` files whose first `total - keep` a checkpoint holds (written from
+    the files, for a fresh database)."""
+    from infra.migrate import Checkpoint, CheckpointEntry, load_migrations, write_checkpoint
+
+    r: dict[str, Any] = {}
+    small = Stack(Project(Path(tempfile.mkdtemp(prefix="pa-", dir=workroot)), source), f"bench-{uuid.uuid4().hex[:8]}",
+                  free_port())
+    big = Stack(Project(Path(tempfile.mkdtemp(prefix="pb-", dir=workroot)), source), f"bench-{uuid.uuid4().hex[:8]}",
+                free_port())
+    try:
+        small.init()
+        big.init()
+        base = small.project.migrations()
+        sql_dir = REPO / "sql" if source == "worktree" else snapshot_sql(workroot, source)
+        for i in range(repeats):
+            hand = hand_baseline(sql_dir, workroot)
+            r[f"hand#{i}"] = {"seconds": round(hand["seconds"], 3), "marks": hand["marks"]}
+            log(f"  hand#{i}                        {hand['seconds']:7.2f} s  {hand['marks']}")
+            record(r, small.timed(f"cold_up#{i}", "up", "--yes", "--skip-preview"))
+            if i < repeats - 1:
+                record(r, small.timed(f"destroy_{base}#{i}", "destroy", "--yes", "--skip-preview"))
+                small.live = False
+        write_generated(big.project.sql, base + 1, total)
+        files = load_migrations(big.project.sql)
+        held = files[: total - keep]
+        write_checkpoint(big.project.sql, Checkpoint(held[-1].version, tuple(
+            CheckpointEntry(f.version, f.name, f.checksum) for f in held)))
+        record(r, big.timed(f"cold_up_checkpoint_{total}", "up", "--yes", "--skip-preview"))
+        for i in range(repeats):
+            for stack, label in ((small, str(base)), (big, f"checkpoint_{total}")):
+                record(r, stack.timed(f"noop_preview_{label}#{i}", "preview", "--expect-no-changes"))
+            for stack, label in ((small, str(base)), (big, f"checkpoint_{total}")):
+                record(r, stack.timed(f"noop_up_{label}#{i}", "up", "--yes", "--expect-no-changes"))
+        for i in range(repeats):
+            for stack, label in ((small, str(base)), (big, f"checkpoint_{total}")):
+                count = stack.project.migrations()
+                write_generated(stack.project.sql, count + 1, count + 1)
+                record(r, stack.timed(f"up_one_more_{label}#{i}", "up", "--yes"))
+    finally:
+        for stack in (small, big):
+            stack.destroy_everything()
+            shutil.rmtree(stack.project.root, ignore_errors=True)
+
+    def med(prefix: str) -> float | None:
+        vals = [v["seconds"] for k, v in r.items() if k.split("#")[0] == prefix]
+        return statistics.median(vals) if vals else None
+
+    r["ratios"] = {
+        "cold_up_vs_hand": ratio(med("cold_up"), med("hand")),
+        f"noop_preview_checkpoint_{total}_vs_{base}": ratio(med(f"noop_preview_checkpoint_{total}"),
+                                                             med(f"noop_preview_{base}")),
+        f"noop_up_checkpoint_{total}_vs_{base}": ratio(med(f"noop_up_checkpoint_{total}"), med(f"noop_up_{base}")),
+        f"up_one_more_checkpoint_{total}_vs_{base}": ratio(med(f"up_one_more_checkpoint_{total}"),
+                                                            med(f"up_one_more_{base}")),
+    }
+    log(f"  paired ratios (medians of {repeats}): {r['ratios']}")
+    return r
+
+
 # ------------------------------------------------------------------------------------------------
 # the instrumented pass
 
@@ -798,6 +860,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", default="HEAD",
                         help="program to measure: a git revision (default HEAD: the shared tree changes while this "
                              "runs) or `worktree` (the working tree as it is at the start)")
+    parser.add_argument("--paired", type=int, default=0, metavar="REPEATS",
+                        help="instead of the series: the target comparisons measured alternately, REPEATS times "
+                             "each (hand / cold up; 9 files / 1,000 behind a checkpoint)")
     parser.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"))
     parser.add_argument("--summarize", nargs="+", metavar="JSON", help="print the summary of result files")
     args = parser.parse_args(argv)
@@ -820,6 +885,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     workroot = Path(tempfile.mkdtemp(prefix="provisioner-bench-"))
     try:
+        if args.paired:
+            doc["paired"] = paired_run(workroot, args.source, 1000, args.checkpoint_keep or 10, args.paired)
+            out_path.write_text(json.dumps(doc, indent=1))
+            print(json.dumps(doc["paired"]["ratios"], indent=1))
+            return 0
         for i in range(args.runs):
             if i:
                 time.sleep(args.pause)
