@@ -4,8 +4,8 @@ Before it records that a resource depends on another (an input's resource or `de
 pinned SDK (`pulumi.runtime.resource_cycle_breaker.declare_dependency`, called from
 `pulumi.runtime.rpc._add_dependency`) walks everything the other resource depends on, transitively,
 with nested generators: for a chain of N migrations that is N^2 steps in all, and a chain longer than
-Python's recursion limit raises RecursionError. The chain itself is needed (the engine applies and reverts in its order), so
-the check is what changes here.
+Python's recursion limit raises RecursionError. The chain itself is needed (the engine applies and
+reverts in its order), so the check is what changes here.
 
 `declare_dependency` below keeps the SDK's contract (same arguments, False for a dependency that would
 close a cycle, the edge recorded in the same attribute the SDK reads) and keeps a topological rank per
