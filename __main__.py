@@ -11,7 +11,7 @@ import pulumi_random as random
 from psycopg import conninfo as psycopg_conninfo
 
 from infra import config as stack_config
-from infra import token_cleanup
+from infra import dependency_order, token_cleanup
 from infra.components.database import (
     PURPOSES,
     AdoptedObjects,
@@ -30,11 +30,15 @@ from infra.dynamic.adoption import AdoptedHistory
 from infra.dynamic.stack_claim import StackClaim
 from infra.preflight import check_adoptable, check_adoption_schema, check_external_server
 
+# The SDK's own cycle check walks the whole migration chain for every migration (quadratic, recursive):
+# replaced by a ranked one before anything is declared (see infra/dependency_order.py).
+dependency_order.install()
 namespace, stack = pulumi.get_project(), pulumi.get_stack()
 pulumi_config = pulumi.Config()
 cfg = stack_config.load(pulumi_config, namespace=namespace, stack=stack)
 migrations_dir = Path(__file__).resolve().parent / cfg.migrations.directory
 migration_files = stack_config.checked_migrations(migrations_dir, cfg.migrations, namespace)
+checkpoint = stack_config.checked_checkpoint(migrations_dir, migration_files, namespace)
 
 # The server, and how Pulumi reaches it as an administrator.
 adopted: AdoptedObjects | None = None  # adoptFrom: what exists already
@@ -90,7 +94,7 @@ else:
                        password=superuser_password.result, sslmode="disable")
     admin_is_superuser = True
 
-# One sequence for every grant of the program: no two privilege changes ever run at once.
+# One sequence for every grant of the program: no two privilege changes on one catalog row run at once.
 privileges = PrivilegeSequence()
 db = DatabaseAndRoles(
     "app-db",
@@ -129,6 +133,7 @@ migrations = Migrations(
         limits=statement_limits,
         after=[db, *([history] if history else [])],
         rehearsal=rehearsal,
+        checkpoint=checkpoint,
     ),
     # Reverting a migration drops data: protected with the database (children inherit `protect`).
     opts=pulumi.ResourceOptions(protect=cfg.protect_data),

@@ -5,19 +5,24 @@
 
 Each run (default 3, `--runs`), on the local image, with a fresh file backend and stack:
 
-  hand        the same work without Pulumi: `docker network/volume create`, `docker create`, the
+  hand        the same work without Pulumi: `docker volume create`, `docker create`, the
               password file copied in, `docker start`, wait until `pg_isready` answers (polled every
               50 ms), one `psql` creating the roles, the database and its grants, each migration with
               `psql -1 -f` as the owner, one `psql` creating pg_cron, the cleanup grants and the job.
-  cold_up     `pulumi up --yes --skip-preview` of a fresh stack (8 migrations: sql/ as committed)
+  cold_up     `pulumi up --yes --skip-preview` of a fresh stack (9 migrations: sql/ as committed)
   noop_*      no-change `pulumi preview`, `pulumi up --yes` (preview + update, the user's command)
-              and `pulumi up --yes --skip-preview`, at 8, 70 and 300 migrations (trivial generated
-              files 009..300 added to a temp copy of sql/, config key `migrationsDir`)
-  destroy_8   `pulumi destroy --yes` at 8; then `cold_up_preview` (`pulumi up --yes` of the emptied stack)
-  add_N       `pulumi up --yes` adding the files up to N (setup, recorded too)
-  one_more    at 300 + 1 file: `pulumi preview` (one pending) and `pulumi up --yes` (applies it)
-  destroy     `pulumi destroy --yes` at 301
-  rehearsal_N at 8 and at 300 applied migrations, one pending file (an ALTER TABLE of an existing
+              and `pulumi up --yes --skip-preview`, at 9, 300 and 999 migrations (trivial generated
+              files added to a temp copy of sql/, config key `migrationsDir`; `--counts`)
+  refresh_N   `pulumi refresh --yes --skip-preview` at 9 and at 300
+  destroy_9   `pulumi destroy --yes` at 9; then `cold_up_preview` (`pulumi up --yes` of the emptied stack)
+  up_one_more_9  `pulumi up --yes` adding one file on top of the 9 (the same-run base of the others)
+  add_N       `pulumi up --yes --skip-preview` adding the files up to N (setup, recorded too)
+  one_more    at the top count + 1 file: `pulumi preview` (one pending) and `pulumi up --yes`
+  checkpoint  (`--checkpoint-keep K`, default 10; 0 skips) `python -m infra.migrate checkpoint` folds
+              all but the last K files (990 of 1,000), `checkpoint_move_N` is the `up` that moves the
+              stack onto it, then the no-change preview and up on it, and `up_one_more_checkpoint_N`
+  destroy     `pulumi destroy --yes` of everything at the end
+  rehearsal_N at 9 and at 300 applied migrations, one pending file (an ALTER TABLE of an existing
               table, never applied): `pulumi preview` with the rehearsal (the default) and with
               `rehearseMigrations: false`, alternated `--rehearsal-reps` times (default 3); the
               rehearsal's share of the preview is (with - without) / with, medians of the same run
@@ -79,7 +84,7 @@ DATABASE = "customer_insights"
 SUPERUSER = "postgres"
 ROLE_PREFIX = "ci"
 PASSPHRASE = "provisioner-benchmark"
-DEFAULT_COUNTS = (8, 70, 300)
+DEFAULT_COUNTS = (300, 999)
 # A schedule that never fires while the benchmark runs (1 January, 03:07): no job session in the counts.
 CLEANUP_SCHEDULE = "7 3 1 1 *"
 CLEANUP_COMMAND = "CALL delete_expired_refresh_tokens(batch_size => 5000)"
@@ -510,9 +515,8 @@ def hand_baseline(sql_dir: Path, workdir: Path) -> dict[str, Any]:
                    key=lambda p: int(p.name.split("_", 1)[0]))
     t0 = time.perf_counter()
     try:
-        sh(["docker", "network", "create", tag])
         sh(["docker", "volume", "create", f"{tag}-data"])
-        create = ["docker", "create", "--name", tag, "--network", tag, "-v", f"{tag}-data:{DATA_DIR}",
+        create = ["docker", "create", "--name", tag, "-v", f"{tag}-data:{DATA_DIR}",
                   "-p", f"127.0.0.1:{port}:5432"]
         for e in server_envs(SUPERUSER):
             create += ["-e", e]
@@ -567,7 +571,6 @@ def hand_baseline(sql_dir: Path, workdir: Path) -> dict[str, Any]:
     finally:
         sh(["docker", "rm", "-f", "-v", tag], check=False)
         sh(["docker", "volume", "rm", f"{tag}-data"], check=False)
-        sh(["docker", "network", "rm", tag], check=False)
         shutil.rmtree(secret_dir.parent, ignore_errors=True)
 
 
@@ -585,10 +588,12 @@ def record(results: dict[str, Any], t: Timing) -> None:
     log(f"  {t.label:<28} {t.seconds:7.2f} s  sessions={t.sessions}  {t.summary}")
 
 
-def noop_set(stack: Stack, n: int, results: dict[str, Any]) -> None:
+def noop_set(stack: Stack, n: int, results: dict[str, Any], *, skip_preview: bool = True) -> None:
     record(results, stack.timed(f"noop_preview_{n}", "preview", "--expect-no-changes"))
     record(results, stack.timed(f"noop_up_{n}", "up", "--yes", "--expect-no-changes"))
-    record(results, stack.timed(f"noop_up_skip_preview_{n}", "up", "--yes", "--skip-preview", "--expect-no-changes"))
+    if skip_preview:
+        record(results, stack.timed(f"noop_up_skip_preview_{n}", "up", "--yes", "--skip-preview",
+                                    "--expect-no-changes"))
 
 
 PENDING_SQL = "ALTER TABLE customers ADD COLUMN bench_note text;\n"
@@ -664,7 +669,12 @@ def snapshot_sql(workroot: Path, rev: str) -> Path:
     return target / "sql"
 
 
-def one_run(index: int, counts: Sequence[int], workroot: Path, source: str, reps: int = 3) -> dict[str, Any]:
+def owner_url(stack: Stack) -> str:
+    proc, _, _ = stack.cli("stack", "output", "connection_urls", "--show-secrets", "--json")
+    return str(json.loads(proc.stdout)["owner"])
+
+
+def one_run(index: int, counts: Sequence[int], workroot: Path, source: str, checkpoint_keep: int, reps: int = 3) -> dict[str, Any]:
     results: dict[str, Any] = {}
     log(f"run {index}: hand baseline")
     hand = hand_baseline(REPO / "sql" if source == "worktree" else snapshot_sql(workroot, source), workroot)
@@ -681,23 +691,41 @@ def one_run(index: int, counts: Sequence[int], workroot: Path, source: str, reps
         stack.log_connections = True
         noop_set(stack, base, results)
         rehearsal_set(stack, base, results, reps)
+        record(results, stack.timed(f"refresh_{base}", "refresh", "--yes", "--skip-preview"))
         record(results, stack.timed(f"destroy_{base}", "destroy", "--yes", "--skip-preview"))
         stack.live = False
         record(results, stack.timed("cold_up_preview", "up", "--yes"))
         stack.server.enable_log_connections()
-        current = base
+        write_generated(project.sql, base + 1, base + 1)
+        record(results, stack.timed(f"up_one_more_{base}", "up", "--yes"))
+        current = base + 1
         for n in counts:
-            if n <= base:
+            if n <= current:
                 continue
             write_generated(project.sql, current + 1, n)
             record(results, stack.timed(f"add_{n - current}_to_{current}", "up", "--yes", "--skip-preview"))
             current = n
-            noop_set(stack, n, results)
+            noop_set(stack, n, results, skip_preview=n < max(counts))
+            if n == 300:
+                record(results, stack.timed(f"refresh_{n}", "refresh", "--yes", "--skip-preview"))
         rehearsal_set(stack, current, results, reps)
         write_generated(project.sql, current + 1, current + 1)
         record(results, stack.timed(f"preview_one_more_{current}", "preview"))
         record(results, stack.timed(f"up_one_more_{current}", "up", "--yes"))
-        record(results, stack.timed(f"destroy_{current + 1}", "destroy", "--yes", "--skip-preview"))
+        current += 1
+        if checkpoint_keep:
+            # Fold all but the last `checkpoint_keep` files into sql/checkpoint.json, move the stack to it.
+            through = f"{current - checkpoint_keep:03d}"
+            sh([sys.executable, "-m", "infra.migrate", "--database-url", owner_url(stack), "--dir", str(project.sql),
+                "checkpoint", "--through", through], cwd=project.dir, env=project.env())
+            record(results, stack.timed(f"checkpoint_move_{current}", "up", "--yes", "--skip-preview"))
+            label = f"checkpoint_{current}"
+            record(results, stack.timed(f"noop_preview_{label}", "preview", "--expect-no-changes"))
+            record(results, stack.timed(f"noop_up_{label}", "up", "--yes", "--expect-no-changes"))
+            write_generated(project.sql, current + 1, current + 1)
+            record(results, stack.timed(f"up_one_more_{label}", "up", "--yes"))
+            current += 1
+        record(results, stack.timed(f"destroy_{current}", "destroy", "--yes", "--skip-preview"))
         stack.live = False
     finally:
         stack.destroy_everything()
@@ -712,6 +740,7 @@ def run_ratios(r: dict[str, Any], base: int, counts: Sequence[int]) -> dict[str,
         return r[key]["seconds"] if key in r else None
 
     top = max(counts)
+    moved = next((k.removeprefix("noop_preview_") for k in r if k.startswith("noop_preview_checkpoint_")), "")
     return {
         "cold_up_vs_hand": ratio(s("cold_up"), s("hand")),
         "cold_up_preview_vs_hand": ratio(s("cold_up_preview"), s("hand")),
@@ -719,8 +748,74 @@ def run_ratios(r: dict[str, Any], base: int, counts: Sequence[int]) -> dict[str,
         f"noop_up_{top}_vs_{base}": ratio(s(f"noop_up_{top}"), s(f"noop_up_{base}")),
         f"noop_up_skip_preview_{top}_vs_{base}": ratio(s(f"noop_up_skip_preview_{top}"),
                                                         s(f"noop_up_skip_preview_{base}")),
-        f"up_one_more_{top}_vs_noop_up_{base}": ratio(s(f"up_one_more_{top}"), s(f"noop_up_{base}")),
+        f"up_one_more_{top}_vs_{base}": ratio(s(f"up_one_more_{top}"), s(f"up_one_more_{base}")),
+        f"refresh_300_vs_{base}": ratio(s("refresh_300"), s(f"refresh_{base}")),
+        f"noop_preview_{moved}_vs_{base}": ratio(s(f"noop_preview_{moved}"), s(f"noop_preview_{base}")),
+        f"noop_up_{moved}_vs_{base}": ratio(s(f"noop_up_{moved}"), s(f"noop_up_{base}")),
+        f"up_one_more_{moved}_vs_{base}": ratio(s(f"up_one_more_{moved}"), s(f"up_one_more_{base}")),
     }
+
+
+def paired_run(workroot: Path, source: str, total: int, keep: int, repeats: int) -> dict[str, Any]:
+    """The targets' comparisons with both sides measured alternately, a few seconds apart (the machine
+    is shared: load moves within one long run): hand against cold `up`, and a stack of the shipped
+    files against one of `total` files whose first `total - keep` a checkpoint holds (written from
+    the files, for a fresh database)."""
+    from infra.migrate import Checkpoint, CheckpointEntry, load_migrations, write_checkpoint
+
+    r: dict[str, Any] = {}
+    small = Stack(Project(Path(tempfile.mkdtemp(prefix="pa-", dir=workroot)), source), f"bench-{uuid.uuid4().hex[:8]}",
+                  free_port())
+    big = Stack(Project(Path(tempfile.mkdtemp(prefix="pb-", dir=workroot)), source), f"bench-{uuid.uuid4().hex[:8]}",
+                free_port())
+    try:
+        small.init()
+        big.init()
+        base = small.project.migrations()
+        sql_dir = REPO / "sql" if source == "worktree" else snapshot_sql(workroot, source)
+        for i in range(repeats):
+            hand = hand_baseline(sql_dir, workroot)
+            r[f"hand#{i}"] = {"seconds": round(hand["seconds"], 3), "marks": hand["marks"]}
+            log(f"  hand#{i}                        {hand['seconds']:7.2f} s  {hand['marks']}")
+            record(r, small.timed(f"cold_up#{i}", "up", "--yes", "--skip-preview"))
+            if i < repeats - 1:
+                record(r, small.timed(f"destroy_{base}#{i}", "destroy", "--yes", "--skip-preview"))
+                small.live = False
+        write_generated(big.project.sql, base + 1, total)
+        files = load_migrations(big.project.sql)
+        held = files[: total - keep]
+        write_checkpoint(big.project.sql, Checkpoint(held[-1].version, tuple(
+            CheckpointEntry(f.version, f.name, f.checksum) for f in held)))
+        record(r, big.timed(f"cold_up_checkpoint_{total}", "up", "--yes", "--skip-preview"))
+        for i in range(repeats):
+            for stack, label in ((small, str(base)), (big, f"checkpoint_{total}")):
+                record(r, stack.timed(f"noop_preview_{label}#{i}", "preview", "--expect-no-changes"))
+            for stack, label in ((small, str(base)), (big, f"checkpoint_{total}")):
+                record(r, stack.timed(f"noop_up_{label}#{i}", "up", "--yes", "--expect-no-changes"))
+        for i in range(repeats):
+            for stack, label in ((small, str(base)), (big, f"checkpoint_{total}")):
+                count = stack.project.migrations()
+                write_generated(stack.project.sql, count + 1, count + 1)
+                record(r, stack.timed(f"up_one_more_{label}#{i}", "up", "--yes"))
+    finally:
+        for stack in (small, big):
+            stack.destroy_everything()
+            shutil.rmtree(stack.project.root, ignore_errors=True)
+
+    def med(prefix: str) -> float | None:
+        vals = [v["seconds"] for k, v in r.items() if k.split("#")[0] == prefix]
+        return statistics.median(vals) if vals else None
+
+    r["ratios"] = {
+        "cold_up_vs_hand": ratio(med("cold_up"), med("hand")),
+        f"noop_preview_checkpoint_{total}_vs_{base}": ratio(med(f"noop_preview_checkpoint_{total}"),
+                                                             med(f"noop_preview_{base}")),
+        f"noop_up_checkpoint_{total}_vs_{base}": ratio(med(f"noop_up_checkpoint_{total}"), med(f"noop_up_{base}")),
+        f"up_one_more_checkpoint_{total}_vs_{base}": ratio(med(f"up_one_more_checkpoint_{total}"),
+                                                            med(f"up_one_more_{base}")),
+    }
+    log(f"  paired ratios (medians of {repeats}): {r['ratios']}")
+    return r
 
 
 # ------------------------------------------------------------------------------------------------
@@ -831,12 +926,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--counts", default=",".join(map(str, DEFAULT_COUNTS)),
-                        help="migration counts for the no-change measurements (default 8,70,300)")
+                        help="migration counts for the no-change measurements (default 300,999: 1,000 with the one more)")
     parser.add_argument("--pause", type=float, default=20.0, help="seconds between runs (the machine is shared)")
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--checkpoint-keep", type=int, default=10,
+                        help="after the series: fold all but this many files into a checkpoint and measure "
+                             "on it (0: skip)")
     parser.add_argument("--source", default="HEAD",
                         help="program to measure: a git revision (default HEAD: the shared tree changes while this "
                              "runs) or `worktree` (the working tree as it is at the start)")
+    parser.add_argument("--paired", type=int, default=0, metavar="REPEATS",
+                        help="instead of the series: the target comparisons measured alternately, REPEATS times "
+                             "each (hand / cold up; 9 files / 1,000 behind a checkpoint)")
     parser.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"))
     parser.add_argument("--rehearsal-reps", type=int, default=3,
                         help="previews with and without the rehearsal at each count (alternated)")
@@ -862,13 +963,18 @@ def main(argv: list[str] | None = None) -> int:
     }
     workroot = Path(tempfile.mkdtemp(prefix="provisioner-bench-"))
     try:
+        if args.paired:
+            doc["paired"] = paired_run(workroot, args.source, 1000, args.checkpoint_keep or 10, args.paired)
+            out_path.write_text(json.dumps(doc, indent=1))
+            print(json.dumps(doc["paired"]["ratios"], indent=1))
+            return 0
         for i in range(args.runs):
             if i:
                 time.sleep(args.pause)
             if args.rehearsal_only:
                 doc["runs"].append(rehearsal_run(i + 1, counts, workroot, args.source, args.rehearsal_reps))
             else:
-                doc["runs"].append(one_run(i + 1, counts, workroot, args.source, args.rehearsal_reps))
+                doc["runs"].append(one_run(i + 1, counts, workroot, args.source, args.checkpoint_keep, args.rehearsal_reps))
             out_path.write_text(json.dumps(doc, indent=1))
         if args.profile and not args.rehearsal_only:
             log("instrumented pass")

@@ -18,7 +18,15 @@ import pulumi
 from croniter import croniter
 from psycopg.conninfo import conninfo_to_dict
 
-from infra.migrate import MigrationFile, MigrationFileError, StatementLimits, load_migrations
+from infra.migrate import (
+    Checkpoint,
+    MigrationFile,
+    MigrationFileError,
+    StatementLimits,
+    load_checkpoint,
+    load_migrations,
+    split_at_checkpoint,
+)
 
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 VERSION = re.compile(r"^[0-9]{3,}$")
@@ -177,7 +185,10 @@ def checked_migrations(directory: Path, settings: MigrationSettings, namespace: 
     """The migrations of `directory` (migrationsDir), loaded and validated once, before any resource is
     declared; what the library refuses is worded in this program's config keys."""
     try:
-        files = load_migrations(directory)
+        # Files a checkpoint holds were validated before they were applied: not parsed again.
+        checkpoint = load_checkpoint(directory) if directory.is_dir() else None
+        held = {e.version: e.checksum for e in checkpoint.migrations} if checkpoint else None
+        files = load_migrations(directory, validated=held)
     except MigrationFileError as exc:
         raise ConfigError([f"{namespace}:migrationsDir: {exc}"]) from exc
     unknown = sorted(settings.accept_checksums - {f.version for f in files})
@@ -187,6 +198,17 @@ def checked_migrations(directory: Path, settings: MigrationSettings, namespace: 
             "remove them from the stack config"
         ])
     return files
+
+
+def checked_checkpoint(directory: Path, files: list[MigrationFile], namespace: str) -> Checkpoint | None:
+    """The checkpoint of `directory` (migrationsDir), None without one; a held file that is missing or
+    was edited since it was folded is refused before any resource is declared."""
+    try:
+        checkpoint = load_checkpoint(directory)
+        split_at_checkpoint(files, checkpoint)
+    except MigrationFileError as exc:
+        raise ConfigError([f"{namespace}:migrationsDir: {exc}"]) from exc
+    return checkpoint
 
 
 @dataclass(frozen=True)

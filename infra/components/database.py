@@ -10,7 +10,7 @@ import pulumi
 import pulumi_postgresql as postgresql
 import pulumi_random as random
 
-from infra.components.privileges import PrivilegeSequence
+from infra.components.privileges import PrivilegeSequence, default_acl_row, object_rows
 from infra.config import RoleNames
 from infra.connection import Connection
 from infra.dynamic.adoption import RolePassword
@@ -150,6 +150,7 @@ class DatabaseAndRoles(pulumi.ComponentResource):
         in_database = pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[self.database])
 
         grants = args.privileges
+        on_database, on_schema = object_rows("database", SCHEMA, []), object_rows("schema", SCHEMA, [])
         # An empty privilege list revokes everything PUBLIC had on the database (CONNECT, TEMP).
         grants.then(postgresql.Grant(
             f"{name}-revoke-public",
@@ -157,8 +158,8 @@ class DatabaseAndRoles(pulumi.ComponentResource):
             role="public",
             object_type="database",
             privileges=[],
-            opts=grants.options(in_database),
-        ))
+            opts=grants.options(in_database, on_database),
+        ), on_database)
         for purpose in ("app", "readonly", "cleanup"):
             role = roles[purpose]
             grants.then(postgresql.Grant(
@@ -167,8 +168,8 @@ class DatabaseAndRoles(pulumi.ComponentResource):
                 role=role.name,
                 object_type="database",
                 privileges=["CONNECT"],
-                opts=grants.options(in_database),
-            ))
+                opts=grants.options(in_database, on_database),
+            ), on_database)
             grants.then(postgresql.Grant(
                 f"{name}-{purpose}-schema-usage",
                 database=self.database.name,
@@ -176,8 +177,8 @@ class DatabaseAndRoles(pulumi.ComponentResource):
                 schema=SCHEMA,
                 object_type="schema",
                 privileges=["USAGE"],
-                opts=grants.options(in_database),
-            ))
+                opts=grants.options(in_database, on_schema),
+            ), on_schema)
 
         # Tables and sequences the owner creates later (the migrations) get these grants
         # automatically. The cleanup role gets none: its few grants name single objects.
@@ -187,6 +188,7 @@ class DatabaseAndRoles(pulumi.ComponentResource):
             ("readonly", "table", ["SELECT"]),
             ("readonly", "sequence", ["SELECT"]),
         ):
+            default_acl = [default_acl_row(args.roles.owner, SCHEMA, object_type)]
             grants.then(postgresql.DefaultPrivileges(
                 f"{name}-{purpose}-default-{object_type}",
                 database=self.database.name,
@@ -195,8 +197,8 @@ class DatabaseAndRoles(pulumi.ComponentResource):
                 schema=SCHEMA,
                 object_type=object_type,
                 privileges=privileges,
-                opts=grants.options(in_database),
-            ))
+                opts=grants.options(in_database, default_acl),
+            ), default_acl)
 
         self.roles = roles
         self.register_outputs({"database": self.database.name, "roles": {k: r.name for k, r in roles.items()}})
@@ -243,8 +245,11 @@ class TablePrivileges(pulumi.ComponentResource):
         seq = args.privileges
 
         def grant(resource_name: str, **kwargs: Any) -> postgresql.Grant:
+            # Objects known only at run time (the adopted tables) count as every relation of the schema.
+            objects = kwargs["objects"] if isinstance(kwargs["objects"], list) else []
+            rows = object_rows(kwargs["object_type"], SCHEMA, objects)
             return seq.then(postgresql.Grant(f"{name}-{resource_name}", database=args.database, schema=SCHEMA,
-                                             opts=seq.options(on_server), **kwargs))
+                                             opts=seq.options(on_server, rows), **kwargs), rows)
 
         readonly = args.roles["readonly"].name
         for table, columns in READONLY_COLUMNS.items():

@@ -15,7 +15,8 @@ import pulumi
 from infra import rehearsal
 from infra.connection import Connection
 from infra.dynamic.migration import Migration
-from infra.migrate import MigrationFile, MigrationsError, StatementLimits
+from infra.dynamic.migration_checkpoint import MigrationCheckpoint
+from infra.migrate import Checkpoint, MigrationFile, MigrationsError, StatementLimits, split_at_checkpoint
 from infra.migrate.rehearsal import MigrationTrace, Rehearsal, StatementTrace
 from infra.migrate.review import Review, reconcile, review_migration
 from infra.rehearsal import Endpoint, RehearsalPlan
@@ -43,6 +44,8 @@ class MigrationsArgs:
     squawk_config: str | None = None
     # `pulumi preview` rehearses the pending migrations on a scratch database (None: it does not).
     rehearsal: RehearsalArgs | None = None
+    # sql/checkpoint.json (`infra.config.checked_checkpoint`): the files up to it are one resource.
+    checkpoint: Checkpoint | None = None
 
 
 @dataclass
@@ -107,7 +110,7 @@ def _rehearsal_json(result: Rehearsal, trace: MigrationTrace, outcome: rehearsal
     }, sort_keys=True, separators=(",", ":"))
 
 
-def _log_rehearsal(resource: Migration, result: Rehearsal, trace: MigrationTrace,
+def _log_rehearsal(resource: pulumi.CustomResource, result: Rehearsal, trace: MigrationTrace,
                    outcome: rehearsal.Outcome) -> list[str]:
     """Logs the file's rehearsal on its resource; returns its failures, each naming file and line."""
     head, *statements = trace.lines()
@@ -149,20 +152,28 @@ class RehearsalFailed(pulumi.RunError):
     this message alone, no traceback."""
 
 
-def review_pending(chain: Sequence[tuple[Migration, MigrationFile]], args: MigrationsArgs) -> pulumi.Output[None]:
+def review_pending(
+    chain: Sequence[tuple[Migration, MigrationFile]], args: MigrationsArgs,
+    checkpoint: tuple[pulumi.CustomResource, Sequence[MigrationFile]] | None = None,
+) -> pulumi.Output[None]:
     """During a preview, logs on each pending migration what its file will do (squawk's review and,
     unless turned off, the rehearsal's trace) and fails the preview if the rehearsal fails.
 
     Pending means not in the state yet: its id is unknown until the engine creates it (an applied
     migration keeps the id it was recorded with). The review rides on the resource's diagnostics,
     so `pulumi preview` shows it under the migration and `pulumi preview --json` carries it by URN.
-    No pending migration: nothing runs, no session is opened.
+    No pending migration: nothing runs, no session is opened. A pending checkpoint's files not yet
+    recorded on the target are rehearsed first (later files meet their tables); their trace is logged
+    on the checkpoint only when one of them ran.
     """
     config = Path(args.squawk_config) if args.squawk_config else None
 
     async def review() -> None:
         pending = [(r, m) for r, m in chain if not await r.id.is_known()]
-        if not pending:
+        held: list[tuple[pulumi.CustomResource, MigrationFile]] = []
+        if checkpoint is not None and not await checkpoint[0].id.is_known():
+            held = [(checkpoint[0], m) for m in checkpoint[1]]
+        if not pending and not held:
             return
         for resource, _ in pending:  # resolved now, so each log line below is sent before the preview ends
             await resource.urn.future()
@@ -184,15 +195,20 @@ def review_pending(chain: Sequence[tuple[Migration, MigrationFile]], args: Migra
 
             def rehearse_chain() -> rehearsal.Outcome | MigrationsError:
                 try:
-                    return rehearsal.run(plan, [m for _, m in chain], {m.version for _, m in pending}, say)
+                    return rehearsal.run(plan, list(args.migrations), {m.version for _, m in [*held, *pending]}, say)
                 except MigrationsError as exc:
                     return exc
 
             outcome = await loop.run_in_executor(None, rehearse_chain)
         # On an empty database every table is new: that disproves no squawk finding about a live one.
-        fresh = len(pending) == len(chain)
+        fresh = len(pending) + len(held) == len(args.migrations)
         result = outcome.rehearsal if isinstance(outcome, rehearsal.Outcome) else None
         failures: list[str] = []
+        for holder, held_file in held:
+            held_trace = None if result is None else next(
+                (t for t in result.migrations if t.filename == held_file.filename), None)
+            if isinstance(outcome, rehearsal.Outcome) and result is not None and held_trace is not None:
+                failures += _log_rehearsal(holder, result, held_trace, outcome)
         for (resource, migration), found in zip(pending, await reviews, strict=True):
             trace = next((t for t in result.migrations if t.filename == migration.filename), None) if result else None
             if isinstance(found, MigrationsError):
@@ -230,6 +246,30 @@ def _log_review(resource: Migration, result: Review) -> None:
         pulumi.log.info(f"squawk style notes: {len(result.lint)} ({', '.join(rules)})", resource=resource)
 
 
+def declare_checkpoint(
+    component: pulumi.ComponentResource, covered: Sequence[MigrationFile], args: MigrationsArgs
+) -> MigrationCheckpoint:
+    """One resource for the files a checkpoint holds; during a preview of its creation, it names each
+    of them (the ones not recorded yet on the database are applied, in order, by `up`)."""
+    assert args.checkpoint is not None
+    checkpoint_through = args.checkpoint.through
+    checkpoint = MigrationCheckpoint(
+        "schema-checkpoint", through=args.checkpoint.through, migrations=list(covered),
+        connection=args.connection, keep_on_destroy=args.keep_data_on_destroy,
+        allow_out_of_order=args.allow_out_of_order,
+        opts=pulumi.ResourceOptions(parent=component, depends_on=args.after),
+    )
+    if pulumi.runtime.is_dry_run():
+        async def name_them() -> None:
+            if not await checkpoint.id.is_known():
+                pulumi.log.info(f"checkpoint through {checkpoint_through}: "
+                                f"applies those of its {len(covered)} files not recorded yet, in order: "
+                                + ", ".join(m.filename for m in covered), resource=checkpoint)
+        named: pulumi.Output[None] = pulumi.Output.from_input(name_them())
+        del named
+    return checkpoint
+
+
 class Migrations(pulumi.ComponentResource):
     """One `Migration` resource per file, each depending on the one before.
 
@@ -237,14 +277,16 @@ class Migrations(pulumi.ComponentResource):
     reverse order (the engine deletes dependents first).
     """
 
-    last: Migration | None
+    last: pulumi.CustomResource | None
     versions: list[str]
 
     def __init__(self, name: str, args: MigrationsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("customer-insights:db:Migrations", name, None, opts)
-        previous: Migration | None = None
+        covered, declared = split_at_checkpoint(args.migrations, args.checkpoint)
+        checkpoint = declare_checkpoint(self, covered, args) if covered else None
+        previous: pulumi.CustomResource | None = checkpoint
         chain: list[tuple[Migration, MigrationFile]] = []
-        for migration in args.migrations:
+        for migration in declared:
             previous = Migration(
                 # Named after the file (the provider refuses a rename of an applied one, naming this name).
                 migration.filename.removesuffix(".sql"),
@@ -259,7 +301,7 @@ class Migrations(pulumi.ComponentResource):
             )
             chain.append((previous, migration))
         if pulumi.runtime.is_dry_run():
-            review_pending(chain, args)
+            review_pending(chain, args, (checkpoint, covered) if checkpoint is not None else None)
         self.last = previous
         self.versions = [f.version for f in args.migrations]
         self.register_outputs({"versions": self.versions})

@@ -9,7 +9,7 @@ from typing import ClassVar
 import pulumi
 import pulumi_postgresql as postgresql
 
-from infra.components.privileges import PrivilegeSequence
+from infra.components.privileges import PrivilegeSequence, object_rows
 from infra.connection import Connection
 from infra.dynamic.cron_job import CronJob
 
@@ -69,8 +69,8 @@ class ScheduledJob(pulumi.ComponentResource):
                 f"{name}-{g.name}", database=args.database, role=args.run_as, schema=g.schema,
                 object_type=g.object_type, objects=list(g.objects),
                 columns=list(g.columns) if g.columns is not None else None, privileges=list(g.privileges),
-                opts=sequence.options(on_server),
-            ))
+                opts=sequence.options(on_server, object_rows(g.object_type, g.schema, g.objects)),
+            ), object_rows(g.object_type, g.schema, g.objects))
             for g in args.grants
         ]
 

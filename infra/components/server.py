@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_docker as docker
 
+from infra.connection import Connection
 from infra.docker_cli import DOCKER_TIMEOUT, run_docker
 from infra.dynamic.data_volume import DataVolumeCheck
+from infra.dynamic.server_ready import ServerReady
 from infra.preflight import PreflightError
 
 DATA_DIR = "/var/lib/postgresql/data"
@@ -66,11 +68,12 @@ class PostgresServerArgs:
 
 
 class PostgresServer(pulumi.ComponentResource):
-    """Network, named volume, image and a container that is healthy only once it accepts connections.
+    """Named volume, image, container, and `ServerReady`: done once the server accepts a login.
 
-    `container.wait` makes the container resource complete only when its healthcheck passes, so
-    every resource that connects (they all depend on `host`/`port`) waits for a server that really
-    answers, not just a started process.
+    `port` comes from `ServerReady`, so every resource that connects (they all depend on `port`)
+    waits for a server that really answers, not just a started process. No Docker network: clients
+    reach the server through its published port only (pulumi-docker's network create ends in a
+    fixed two-second wait).
     """
 
     host: pulumi.Output[str]
@@ -86,7 +89,6 @@ class PostgresServer(pulumi.ComponentResource):
             docker.ContainerLabelArgs(label="com.customer-insights.project", value=pulumi.get_project()),
         ]
 
-        network = docker.Network(f"{name}-network", name=f"{name}-{stack}", opts=child)
         volume = docker.Volume(
             f"{name}-data",
             name=f"{name}-{stack}-data",
@@ -107,7 +109,6 @@ class PostgresServer(pulumi.ComponentResource):
             command=server_command(args.cron_database),
             ports=[docker.ContainerPortArgs(internal=5432, external=args.host_port, ip=args.bind_address)],
             volumes=[docker.ContainerVolumeArgs(volume_name=volume.name, container_path=DATA_DIR)],
-            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network.name)],
             healthcheck=docker.ContainerHealthcheckArgs(
                 tests=healthcheck_test(args.superuser),
                 interval="2s",
@@ -115,11 +116,11 @@ class PostgresServer(pulumi.ComponentResource):
                 retries=30,
                 start_period="5s",
             ),
-            wait=True,
-            wait_timeout=120,
             restart="unless-stopped",
             labels=labels,
-            opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["uploads"]),
+            # A replacement frees the name and the host port before the new container takes them.
+            opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["uploads"],
+                                        delete_before_replace=True),
         )
 
         # A volume removed outside Pulumi: preview and up stop, naming the recovery (see DataVolumeCheck).
@@ -131,9 +132,16 @@ class PostgresServer(pulumi.ComponentResource):
         # Clients reach a server published on all interfaces through loopback.
         client_host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(args.bind_address, args.bind_address)
         self.host = pulumi.Output.from_input(client_host)
-        self.port = self.container.ports.apply(
+        published = self.container.ports.apply(
             lambda ports: int(ports[0].external) if ports and ports[0].external else args.host_port
         )
+        ready = ServerReady(
+            f"{name}-ready",
+            connection=Connection(host=client_host, port=published, database="postgres", user=args.superuser,
+                                  password=args.superuser_password, sslmode="disable"),
+            container_id=self.container.id, container=self.container.name, timeout_s=120, opts=child,
+        )
+        self.port = ready.port
         self.container_name = self.container.name
         self.register_outputs({"host": self.host, "port": self.port, "container_name": self.container_name})
 

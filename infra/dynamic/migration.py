@@ -7,6 +7,7 @@ script even after the file has left the repository, and `pulumi preview` can tel
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -27,6 +28,7 @@ from infra.dynamic.base import (
     resource_urn,
     stop_waiting_on_property_outputs,
 )
+from infra.dynamic.migration_checkpoint import covered_by_checkpoint
 from infra.migrate import (
     AppliedMigration,
     ChecksumMismatchError,
@@ -122,6 +124,23 @@ def _out_of_order(news: dict[str, Any]) -> str | None:
     except OutOfOrderMigrationError as refused:
         return str(refused.with_fix(_fix(news, "allow_out_of_order")))
     return None
+
+
+# `pulumi refresh` reads every migration at once: the tracking table is read once per database by
+# this provider process (the refresh's), under a lock so parallel reads wait for the first one.
+_refreshed_by_database: dict[tuple[Any, ...], dict[str, AppliedMigration]] = {}
+_refresh_lock = threading.Lock()
+
+
+def applied_for_refresh(props: dict[str, Any]) -> dict[str, AppliedMigration]:
+    """The tracking table of `props`' database as read by this process's first `read` of it."""
+    key = database_of(props)
+    if key is None:
+        return _migrator(props).applied()
+    with _refresh_lock:
+        if key not in _refreshed_by_database:
+            _refreshed_by_database[key] = _migrator(props).applied()
+        return _refreshed_by_database[key]
 
 
 def _outs(props: dict[str, Any], record: Any, adopted: bool) -> dict[str, Any]:
@@ -247,6 +266,9 @@ class MigrationProvider(DiffingProvider):
         if props.get("keep_on_destroy"):
             pulumi.log.info(f"{props['filename']}: kept ({_fix(props, 'keep_data') or 'keep_on_destroy is set'})")
             return
+        if covered_by_checkpoint(props):  # moved into the checkpoint, which reverts it on destroy
+            pulumi.log.info(f"{props['filename']}: held by the checkpoint now, forgotten (not reverted)")
+            return
         try:
             _migrator(props).revert(_migration(props))
         except MigrationFailedError as failed:
@@ -255,7 +277,7 @@ class MigrationProvider(DiffingProvider):
     @reported_read
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         """`pulumi refresh`: a migration reverted outside Pulumi disappears from the state."""
-        applied = _migrator(props).applied().get(props["version"])
+        applied = applied_for_refresh(props).get(props["version"])
         if applied is None:
             return ReadResult(id_="", outs={})
         return ReadResult(id_=id_, outs={**props, "checksum": applied.checksum})

@@ -16,6 +16,15 @@ Schemas: `catalog.snapshot` / `catalog.diff` (what a schema is made of, and ever
 a database another tool migrated (knex, Flyway, dbmate, golang-migrate): `adoption`.
 """
 
+from .checkpoint import (
+    CHECKPOINT_FILE,
+    Checkpoint,
+    CheckpointEntry,
+    checkpoint_of,
+    load_checkpoint,
+    split_at_checkpoint,
+    write_checkpoint,
+)
 from .errors import (
     ChecksumMismatchError,
     LockTimeoutError,
@@ -42,10 +51,13 @@ from .statements import Statement, split_statements
 from .tracking import AppliedMigration, highest_of
 
 __all__ = [
+    "CHECKPOINT_FILE",
     "LOCK_KEY",
     "LOCK_NAME",
     "NO_TRANSACTION_MARKER",
     "AppliedMigration",
+    "Checkpoint",
+    "CheckpointEntry",
     "ChecksumMismatchError",
     "LockTimeoutError",
     "MigrationBlockedError",
@@ -61,11 +73,15 @@ __all__ = [
     "StatementLimits",
     "check_identity",
     "check_order",
+    "checkpoint_of",
     "checksum_of",
     "highest_of",
     "is_transactional",
+    "load_checkpoint",
     "load_migrations",
     "next_migration_paths",
     "session_setup",
+    "split_at_checkpoint",
     "split_statements",
+    "write_checkpoint",
 ]

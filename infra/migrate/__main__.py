@@ -9,6 +9,7 @@ The normal path is `pulumi up` (each migration is a Pulumi resource); this CLI i
     python -m infra.migrate down              # revert the last applied migration (its .down.sql)
     python -m infra.migrate new add_segments  # create sql/NNN_add_segments.sql and .down.sql
     python -m infra.migrate repair 003        # accept 003's current checksum (after a harmless edit)
+    python -m infra.migrate checkpoint --through 120  # fold applied 001..120 into sql/checkpoint.json
 
 The database comes from --database-url or $DATABASE_URL (a libpq URL or key=value string); the
 directory from --dir (default `sql`). Exit status: 0 success, 1 migration error (message on stderr),
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import psycopg
 
+from .checkpoint import checkpoint_of, write_checkpoint
 from .errors import ChecksumMismatchError, MigrationFileError, MigrationsError, OutOfOrderMigrationError
 from .files import DOWN_HEADER, UP_HEADER, MigrationFile, load_migrations, next_migration_paths
 from .runner import Migrator
@@ -92,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     repair.add_argument("version", help="the migration's version, e.g. 003")
     _common_options(repair, top=False)
+    checkpoint = sub.add_parser(
+        "checkpoint",
+        help="fold the applied history up to a version into checkpoint.json in the migrations directory "
+             "(runs no SQL; every file up to it must be applied, unedited, on the database)",
+    )
+    checkpoint.add_argument("--through", required=True, metavar="VERSION", help="the last version folded, e.g. 120")
+    _common_options(checkpoint, top=False)
     return parser
 
 
@@ -216,6 +225,13 @@ def cmd_repair(migrator: Migrator, migrations: list[MigrationFile], version: str
     return EXIT_OK
 
 
+def cmd_checkpoint(migrator: Migrator, migrations: list[MigrationFile], directory: Path, through: str) -> int:
+    checkpoint = checkpoint_of(migrations, migrator.applied(), through)
+    path = write_checkpoint(directory, checkpoint)
+    _say(f"{path}: {len(checkpoint.migrations)} migrations folded, through {checkpoint.through}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -226,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return cmd_new(directory, args.name)
             except MigrationFileError as e:
                 parser.error(str(e))
+        if args.command == "checkpoint" and not args.through.isdigit():
+            parser.error(f"--through must be a version number like 120, not {args.through!r}")
         if args.command == "repair" and not args.version.isdigit():
             parser.error(f"VERSION must be a number like 003, not {args.version!r}")
         migrator = _migrator(args, parser)
@@ -238,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_down(migrator, migrations)
         if args.command == "repair":
             return cmd_repair(migrator, migrations, args.version)
+        if args.command == "checkpoint":
+            return cmd_checkpoint(migrator, migrations, directory, args.through)
         parser.error(f"unknown command {args.command!r}")
     except MigrationsError as e:
         print(f"error: {_fix(e)}", file=sys.stderr, flush=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,10 +125,15 @@ def _read(path: Path) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def load_migrations(directory: str | os.PathLike[str]) -> list[MigrationFile]:
+def load_migrations(
+    directory: str | os.PathLike[str], validated: Mapping[str, str] | None = None
+) -> list[MigrationFile]:
     """The migrations of `directory`, sorted by version. Raises MigrationFileError (naming the file
     and the fix) for a badly named .sql file, a duplicate version, a .down.sql without its up file, an
-    empty script, or BEGIN/COMMIT/ROLLBACK in a transactional script."""
+    empty script, or BEGIN/COMMIT/ROLLBACK in a transactional script.
+
+    `validated`: checksums by version of up scripts already validated and applied (a checkpoint's);
+    a file with that checksum is not parsed again (reverting one still validates its down script)."""
     root = Path(directory)
     if not root.is_dir():
         raise MigrationFileError(f"{root}: not a directory of migrations (NNN_name.sql files)")
@@ -172,12 +178,16 @@ def load_migrations(directory: str | os.PathLike[str]) -> list[MigrationFile]:
         version, name, path = ups[key]
         up_sql = _read(path)
         transactional = is_transactional(up_sql)
-        validate_script(path.name, up_sql, transactional)
+        checksum = checksum_of(up_sql)
+        trusted = validated is not None and validated.get(version) == checksum
+        if not trusted:
+            validate_script(path.name, up_sql, transactional)
         down_sql: str | None = None
         if key in downs:
             down_path = downs[key][2]
             down_sql = _read(down_path)
-            validate_script(down_path.name, down_sql, is_transactional(down_sql))
+            if not trusted:
+                validate_script(down_path.name, down_sql, is_transactional(down_sql))
         migrations.append(
             MigrationFile(
                 version=version,
@@ -185,7 +195,7 @@ def load_migrations(directory: str | os.PathLike[str]) -> list[MigrationFile]:
                 filename=path.name,
                 up_sql=up_sql,
                 down_sql=down_sql,
-                checksum=checksum_of(up_sql),
+                checksum=checksum,
                 transactional=transactional,
             )
         )

@@ -50,7 +50,7 @@ def test_declared_container_is_healthy_and_runs_cron_jobs_as_the_app_roles(tmp_p
         while (health := docker("inspect", "-f", "{{.State.Health.Status}}", name)) != "healthy":
             assert health in ("starting", "unhealthy") and time.monotonic() < deadline, docker("logs", name)
             time.sleep(0.5)
-        # Healthy means connectable: what `wait=True` gives the resources that connect.
+        # Healthy means connectable (ServerReady waits for this login itself, without the health polling).
         admin = psycopg.conninfo.make_conninfo(host="127.0.0.1", port=port, user="postgres", password=password,
                                                dbname="postgres")
         with psycopg.connect(admin, autocommit=True) as conn:

@@ -25,7 +25,7 @@ DOCUMENTS = [README, *sorted((REPO / "docs").glob("*.md"))]
 CONFIG_SOURCE = REPO / "infra" / "config.py"
 PROGRAM = REPO / "__main__.py"
 # Where the documents' class names may come from, besides the Python of this repository.
-LIBRARIES = ("pulumi", "pulumi_docker", "pulumi_postgresql", "pulumi_random", "psycopg", "psycopg.errors")
+LIBRARIES = ("builtins", "pulumi", "pulumi_docker", "pulumi_postgresql", "pulumi_random", "psycopg", "psycopg.errors")
 CODE_FOLDERS = ("infra", "devsupport", "scripts", "bench")
 # Capitalised words in backticks that are no class name, and what they are.
 NOT_CODE = {

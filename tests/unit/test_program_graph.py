@@ -35,6 +35,7 @@ from devsupport.program_mocks import (
     REPO,
     ROLE,
     SERVER_COMPONENT,
+    SERVER_READY,
     TABLE_PRIVILEGES_COMPONENT,
     VOLUME,
     FakePreflight,
@@ -107,7 +108,7 @@ def test_container_mode_inventory(run: ProgramRun) -> None:
     assert counts == {
         SERVER_COMPONENT: 1, DB_COMPONENT: 1, MIGRATIONS_COMPONENT: 1, JOB_COMPONENT: 1,
         TABLE_PRIVILEGES_COMPONENT: 1, DATA_PROTECTION_COMPONENT: 1,
-        NETWORK: 1, VOLUME: 1, REMOTE_IMAGE: 1, CONTAINER: 1,
+        VOLUME: 1, REMOTE_IMAGE: 1, CONTAINER: 1,  # no network: clients use the published port
         RANDOM_PASSWORD: 5,  # the superuser's and one per role
         PG_PROVIDER: 1, ROLE: 4, DATABASE: 1,
         # revoke from PUBLIC, CONNECT + USAGE per non-owner role, the job's four, and the exceptions to the
@@ -116,17 +117,16 @@ def test_container_mode_inventory(run: ProgramRun) -> None:
         DEFAULT_PRIVILEGES: 4, EXTENSION: 1,
         MIGRATION: len(migration_files()), CRON_JOB: 1,
         "pulumi-python:dynamic/db:DataVolumeCheck": 1,  # stops up/preview once the volume is gone (issue 10)
+        SERVER_READY: 1,  # done once the server accepts a login
     }
 
 
 def test_docker_network_volume_and_image(run: ProgramRun) -> None:
     server = run.one(SERVER_COMPONENT, "postgres")
-    network, volume, image = run.one(NETWORK, "postgres-network"), run.one(VOLUME, "postgres-data"), run.one(
-        REMOTE_IMAGE, "postgres-image"
-    )
-    for resource in (network, volume, image):
+    volume, image = run.one(VOLUME, "postgres-data"), run.one(REMOTE_IMAGE, "postgres-image")
+    for resource in (volume, image):
         assert run.parent_of(resource) is server
-    assert network["name"] == "postgres-unit"
+    assert not run.of_type(NETWORK)
     assert volume["name"] == "postgres-unit-data"
     assert image["name"] == CONTAINER_CONFIG["image"]
     assert image["keepLocally"] is True
@@ -138,19 +138,25 @@ def test_container_publishes_the_port_on_loopback_only(run: ProgramRun) -> None:
     assert container["ports"] == [{"internal": 5432, "external": 55999, "ip": "127.0.0.1"}]
     assert container["image"] == IMAGE_ID  # the RemoteImage's id
     assert container["volumes"] == [{"volumeName": "postgres-unit-data", "containerPath": DATA_DIR}]
-    assert container["networksAdvanced"] == [{"name": "postgres-unit"}]
+    assert "networksAdvanced" not in container.inputs
     assert f"cron.database_name={CONTAINER_CONFIG['databaseName']}" in container["command"]
     assert "shared_preload_libraries=pg_cron" in container["command"]
 
 
-def test_container_waits_for_a_pg_isready_healthcheck(run: ProgramRun) -> None:
+def test_connecting_resources_wait_for_a_real_login_not_the_healthcheck(run: ProgramRun) -> None:
     container = run.one(CONTAINER, "postgres")
-    assert container["wait"] is True
-    assert container["waitTimeout"] > 0
-    tests = container["healthcheck"]["tests"]
-    assert tests[0] == "CMD"
-    assert tests[1] == "pg_isready"
-    assert tests[tests.index("-U") + 1] == "postgres"
+    assert not container.get("wait")  # pulumi-docker's wait polls health once a second
+    tests = container["healthcheck"]["tests"]  # kept, for `docker ps`
+    assert tests[:2] == ["CMD", "pg_isready"]
+    ready = run.one(SERVER_READY, "postgres-ready")
+    assert container.urn in ready.dependencies
+    assert (ready["host"], int(ready["port"]), ready["user"], ready["dbname"]) == ("127.0.0.1", 55999, "postgres",
+                                                                                   "postgres")
+    assert ready["password"] == SUPERUSER_PASSWORD and ready.is_secret("password")
+    provider = run.one(PG_PROVIDER, "app-db-admin")
+    assert ready.urn in provider.dependencies  # the admin connection's port comes from it
+    assert {m.urn for m in run.migrations()} <= {r.urn for r in run.resources} and all(
+        ready.urn in run.upstream_of(m) for m in run.migrations())
 
 
 def test_superuser_password_is_uploaded_as_a_file_never_in_the_environment(run: ProgramRun) -> None:
@@ -184,7 +190,7 @@ def test_admin_provider_connects_to_the_container_as_superuser(run: ProgramRun) 
     assert provider["sslmode"] == "disable"
     assert provider["superuser"] == "true"  # provider config travels as strings
     container = run.one(CONTAINER, "postgres")
-    assert container.urn in provider.dependencies  # waits for the healthy container
+    assert container.urn in run.upstream_of(provider)  # waits for the server (through ServerReady)
 
 
 def test_roles_are_least_privileged(run: ProgramRun) -> None:
@@ -436,6 +442,21 @@ def test_no_two_privilege_resources_on_one_object_can_run_at_once(run: ProgramRu
     # pulumi/pulumi-postgresql#831: "tuple concurrently updated" when two of them change one ACL at once
     assert len(run.of_type(GRANT)) + len(run.of_type(DEFAULT_PRIVILEGES)) >= 15
     assert concurrent_privilege_pairs(run) == []
+
+
+def test_privilege_resources_wait_only_for_privilege_resources_on_their_own_rows(run: ProgramRun) -> None:
+    # The other half of the rule: no privilege resource waits for another one on a different row, so
+    # the engine runs those in parallel (the database's, the schema's and the default ACLs' rows).
+    by_urn = {r.urn: r for r in run.resources if r.type in PRIVILEGE_TYPES}
+    needless = [(r.name, by_urn[d].name) for r in by_urn.values() for d in r.dependencies
+                if d in by_urn and not rows_overlap(acl_rows(r), acl_rows(by_urn[d]))]
+    assert needless == []
+    unordered = {frozenset(p) for p in itertools.combinations(("app-db-app-connect", "app-db-app-schema-usage",
+                                                               "app-db-app-default-table",
+                                                               "app-db-app-default-sequence"), 2)}
+    ordered = {frozenset((a.name, b.name)) for a, b in itertools.combinations(by_urn.values(), 2)
+               if a.urn in run.upstream_of(b) or b.urn in run.upstream_of(a)}
+    assert not unordered & ordered
 
 
 def test_the_concurrency_check_finds_unordered_grants_on_one_object(run: ProgramRun) -> None:
