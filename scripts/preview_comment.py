@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra.migrate.rehearsal import duration_text
+
 MIGRATION_TYPE = "pulumi-python:dynamic/db:Migration"
 # Steps of one replacement: "replace" plus its create-replacement/delete-replaced halves.
 _OP_ALIASES = {"create-replacement": "replace", "delete-replaced": "replace", "discard": "delete"}
@@ -266,17 +268,7 @@ def _estimate(st: dict[str, Any]) -> str:
     ms = st.get("estimate_ms")
     if st.get("error") or ms is None:
         return "unknown"
-    return _duration(float(ms))
-
-
-def _duration(ms: float) -> str:
-    if ms < 1000:
-        return f"{max(1, round(ms))} ms"
-    if ms < 120_000:
-        return f"{ms / 1000:.1f} s"
-    if ms < 7_200_000:
-        return f"{ms / 60_000:.0f} min"
-    return f"{ms / 3_600_000:.1f} h"
+    return duration_text(float(ms))
 
 
 def _check(st: dict[str, Any]) -> str:

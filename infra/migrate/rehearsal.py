@@ -280,7 +280,7 @@ class StatementTrace:
     def _estimate_text(self) -> str:
         if self.estimate_ms is None:
             return f"duration unknown ({self.estimate_basis})" if self.estimate_basis else "duration unknown"
-        return f"about {_duration(self.estimate_ms)}" + (f" ({self.estimate_basis})" if self.estimate_basis else "")
+        return f"about {duration_text(self.estimate_ms)}" + (f" ({self.estimate_basis})" if self.estimate_basis else "")
 
 
 @dataclass(frozen=True)
@@ -446,7 +446,8 @@ def _bytes(n: int | None) -> str:
     return f"{n} bytes"
 
 
-def _duration(ms: float) -> str:
+def duration_text(ms: float) -> str:
+    """A duration as a reviewer reads it: 3 ms, 4.2 s, 12 min, 1.5 h."""
     if ms < 1000:
         return f"{max(1, round(ms))} ms"
     if ms < 120_000:
