@@ -10,6 +10,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -73,15 +74,32 @@ class ConfigSource(Protocol):
     def get_object(self, key: str) -> Any: ...
 
 
+class RolePurpose(StrEnum):
+    """What a role of the stack is for; the values name its resources, outputs and passwordRotation keys."""
+
+    OWNER = "owner"  # owns the database and the schema; runs the migrations
+    APP = "app"  # the application: reads and writes data, no DDL
+    READONLY = "readonly"  # analysts
+    CLEANUP = "cleanup"  # the token-cleanup job
+
+
 @dataclass(frozen=True)
 class RoleNames:
-    owner: str  # owns the database and the schema; runs the migrations
-    app: str  # the application: reads and writes data, no DDL
-    readonly: str  # analysts
-    cleanup: str  # the token-cleanup job
+    """The role name of each purpose: one field per RolePurpose, named by its value."""
+
+    owner: str
+    app: str
+    readonly: str
+    cleanup: str
+
+    def of(self, purpose: RolePurpose) -> str:
+        return str(getattr(self, purpose.value))
+
+    def items(self) -> tuple[tuple[RolePurpose, str], ...]:
+        return tuple((purpose, self.of(purpose)) for purpose in RolePurpose)
 
     def all(self) -> tuple[str, ...]:
-        return (self.owner, self.app, self.readonly, self.cleanup)
+        return tuple(self.of(purpose) for purpose in RolePurpose)
 
 
 @dataclass(frozen=True)
@@ -227,7 +245,7 @@ class StackConfig:
     rehearsal: RehearsalSettings = field(default_factory=RehearsalSettings)
     adoption: AdoptionSettings | None = None
 
-    def rotation_keepers(self, purpose: str) -> dict[str, str] | None:
+    def rotation_keepers(self, purpose: RolePurpose) -> dict[str, str] | None:
         """RandomPassword keepers of one role: any change of its counter or of "all" makes a new password.
 
         None while both are 0, so stacks that never rotated keep their passwords (no keepers, as before).
@@ -518,7 +536,7 @@ def _server_owned_names(r: _Reader, database: str, roles: RoleNames,
                                 "e.g. `pulumi config set rolePrefix ci`")
 
 
-ROTATION_KEYS = ("all", "owner", "app", "readonly", "cleanup")
+ROTATION_KEYS = ("all", *(purpose.value for purpose in RolePurpose))
 
 
 def _password_rotation(r: _Reader, source: ConfigSource) -> dict[str, int]:
