@@ -14,6 +14,7 @@ from infra.components.privileges import PrivilegeSequence, default_acl_row, obje
 from infra.config import RoleNames, RolePurpose
 from infra.connection import Connection
 from infra.dynamic.adoption import RolePassword
+from infra.migrate import tracking
 
 TABLE_WRITE = ["SELECT", "INSERT", "UPDATE", "DELETE"]
 SCHEMA = "public"
@@ -30,8 +31,6 @@ READONLY_COLUMNS: dict[str, tuple[str, ...]] = {
               "created_at", "updated_at", "last_login_at"),
     "refresh_tokens": ("id", "user_id", "expires_at", "created_at"),
 }
-# The migration runner's tracking table (infra/migrate/tracking.py): `preview` and `up` trust it.
-MIGRATION_HISTORY = "schema_migrations"
 
 
 @dataclass
@@ -252,7 +251,7 @@ class TablePrivileges(pulumi.ComponentResource):
             grant(f"readonly-{table}-columns", role=readonly, object_type="column", objects=[table],
                   columns=list(columns), privileges=["SELECT"])
         grant("app-history-revoke", role=args.roles[RolePurpose.APP].name, object_type="table",
-              objects=[MIGRATION_HISTORY], privileges=[])
+              objects=[tracking.TABLE], privileges=[])
         if args.adopted_tables is not None:
             # What the default privileges give a table the owner creates (secret-column tables: above).
             grant("app-adopted-tables", role=args.roles[RolePurpose.APP].name, object_type="table",
