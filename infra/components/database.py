@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import pulumi
 import pulumi_postgresql as postgresql
@@ -66,12 +66,14 @@ class DatabaseAndRoles(pulumi.ComponentResource):
     granted per role; default privileges give tables the owner creates later the right grants.
     """
 
+    TYPE: ClassVar[str] = "customer-insights:db:DatabaseAndRoles"
+
     provider: postgresql.Provider
     database: postgresql.Database
     roles: dict[RolePurpose, postgresql.Role]
 
     def __init__(self, name: str, args: DatabaseAndRolesArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("customer-insights:db:DatabaseAndRoles", name, None, opts)
+        super().__init__(self.TYPE, name, None, opts)
         self.provider = postgresql.Provider(
             f"{name}-admin",
             host=args.admin.host,
@@ -233,8 +235,10 @@ class TablePrivileges(pulumi.ComponentResource):
     after its table's revoke (and the shared sequence keeps that order on update and destroy too).
     """
 
+    TYPE: ClassVar[str] = "customer-insights:db:TablePrivileges"
+
     def __init__(self, name: str, args: TablePrivilegesArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("customer-insights:db:TablePrivileges", name, None, opts)
+        super().__init__(self.TYPE, name, None, opts)
         on_server = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=list(args.after))
         seq = args.privileges
 

@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pulumi
 
@@ -277,11 +277,13 @@ class Migrations(pulumi.ComponentResource):
     reverse order (the engine deletes dependents first).
     """
 
+    TYPE: ClassVar[str] = "customer-insights:db:Migrations"
+
     last: pulumi.CustomResource | None
     versions: list[str]
 
     def __init__(self, name: str, args: MigrationsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("customer-insights:db:Migrations", name, None, opts)
+        super().__init__(self.TYPE, name, None, opts)
         covered, declared = split_at_checkpoint(args.migrations, args.checkpoint)
         checkpoint = declare_checkpoint(self, covered, args) if covered else None
         previous: pulumi.CustomResource | None = checkpoint
