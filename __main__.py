@@ -70,7 +70,7 @@ if isinstance(cfg.server, stack_config.ExternalServer):
     # A shared server: this stack claims its database and role names before anything reaches the server.
     server_resources: list[pulumi.Resource] = [StackClaim(
         "stack-claim", admin=admin, stack=f"{namespace}/{stack}", database=cfg.database, roles=list(cfg.roles.all()),
-        keep_on_destroy=cfg.migrations.keep_data_on_destroy)]
+        keep_on_destroy=cfg.keep_data_on_destroy)]
     admin_is_superuser = cfg.server.superuser
 else:
     # Before anything is declared: the engine answers, the image is there and is PostgreSQL 15, the port is free.
@@ -86,7 +86,7 @@ else:
             image=cfg.server.image, host_port=cfg.server.host_port, bind_address=cfg.server.bind_address,
             superuser=cfg.server.superuser, superuser_password=superuser_password.result,
             cron_database=cfg.database, protect_data=cfg.protect_data,
-            keep_data_on_destroy=cfg.migrations.keep_data_on_destroy,
+            keep_data_on_destroy=cfg.keep_data_on_destroy,
         ),
     )
     server_resources = [superuser_password, server]
@@ -100,7 +100,7 @@ db = DatabaseAndRoles(
     "app-db",
     DatabaseAndRolesArgs(admin=admin, admin_is_superuser=admin_is_superuser, database=cfg.database,
                          roles=cfg.roles, password_length=cfg.password_length, privileges=privileges,
-                         protect_data=cfg.protect_data, keep_data_on_destroy=cfg.migrations.keep_data_on_destroy,
+                         protect_data=cfg.protect_data, keep_data_on_destroy=cfg.keep_data_on_destroy,
                          password_keepers={purpose: cfg.rotation_keepers(purpose) for purpose in RolePurpose},
                          after=[r for r in server_resources if isinstance(r, StackClaim)], adopted=adopted),
 )
@@ -127,7 +127,7 @@ migrations = Migrations(
         directory=str(migrations_dir),
         connection=db.connection_for(RolePurpose.OWNER),
         accept_checksums=cfg.migrations.accept_checksums,
-        keep_data_on_destroy=cfg.migrations.keep_data_on_destroy,
+        keep_data_on_destroy=cfg.keep_data_on_destroy,
         allow_out_of_order=cfg.migrations.allow_out_of_order,
         fixes=stack_config.migration_fixes(namespace),
         limits=statement_limits,

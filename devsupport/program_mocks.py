@@ -140,6 +140,7 @@ class Registration:
     additional_secret_outputs: list[str]
     inputs: dict[str, Any]  # wire form: secrets wrapped
     protect: bool = False
+    retain_on_delete: bool = False
 
     def __getitem__(self, key: str) -> Any:
         return reveal(self.inputs[key])
@@ -208,6 +209,7 @@ class RecordingMonitor(MockMonitor):
             additional_secret_outputs=list(request.additionalSecretOutputs),
             inputs=rpc.deserialize_properties(request.object, keep_unknowns=True),
             protect=bool(request.protect),
+            retain_on_delete=bool(request.retainOnDelete),
         )
         with self._lock:
             self.registrations.append(registration)

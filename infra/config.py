@@ -146,7 +146,6 @@ class AdoptionSettings:
 class MigrationSettings:
     directory: str
     accept_checksums: frozenset[str]
-    keep_data_on_destroy: bool
     # allowOutOfOrder: apply a pending file numbered below the highest applied version (refused by default).
     allow_out_of_order: bool = False
     # migrationLockTimeout, migrationLockRetries, migrationLockRetryDelay, migrationStatementTimeout.
@@ -240,6 +239,8 @@ class StackConfig:
     cleanup_job: CleanupJobSettings
     # Pulumi `protect` on what holds data (volume, database, migrations): destroy and replacement stop.
     protect_data: bool = True
+    # keepDataOnDestroy: destroy forgets the volume, database, roles, migrations and claim instead of deleting them.
+    keep_data_on_destroy: bool = False
     # passwordRotation: a counter per role ("all" for every role); see _password_rotation.
     password_rotation: dict[str, int] = field(default_factory=dict)
     rehearsal: RehearsalSettings = field(default_factory=RehearsalSettings)
@@ -415,7 +416,6 @@ def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
     migrations = MigrationSettings(
         directory=r.text("migrationsDir", "sql"),
         accept_checksums=frozenset(accept),
-        keep_data_on_destroy=r.boolean("keepDataOnDestroy", False),
         allow_out_of_order=r.boolean("allowOutOfOrder", False),
         limits=_statement_limits(r),
     )
@@ -440,6 +440,7 @@ def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
 
     # Only the throwaway `dev` stack defaults to unprotected: a stack that forgets the key is safe.
     protect_data = r.boolean("protectData", stack != DEV_STACK)
+    keep_data_on_destroy = r.boolean("keepDataOnDestroy", False)
 
     adoption = _adoption(r, source, mode)
     _server_owned_names(r, database, roles, server)
@@ -455,6 +456,7 @@ def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
         migrations=migrations,
         cleanup_job=cleanup_job,
         protect_data=protect_data,
+        keep_data_on_destroy=keep_data_on_destroy,
         password_rotation=password_rotation,
         rehearsal=rehearsal,
         adoption=adoption,
