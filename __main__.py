@@ -13,7 +13,6 @@ from psycopg import conninfo as psycopg_conninfo
 from infra import config as stack_config
 from infra import dependency_order, token_cleanup
 from infra.components.database import (
-    PURPOSES,
     AdoptedObjects,
     DatabaseAndRoles,
     DatabaseAndRolesArgs,
@@ -25,6 +24,7 @@ from infra.components.privileges import PrivilegeSequence
 from infra.components.protection import DataProtection
 from infra.components.scheduled_job import ScheduledJobArgs
 from infra.components.server import PostgresServer, PostgresServerArgs, check_container_host, container_name
+from infra.config import RolePurpose
 from infra.connection import Connection
 from infra.dynamic.adoption import AdoptedHistory
 from infra.dynamic.stack_claim import StackClaim
@@ -70,7 +70,7 @@ if isinstance(cfg.server, stack_config.ExternalServer):
     # A shared server: this stack claims its database and role names before anything reaches the server.
     server_resources: list[pulumi.Resource] = [StackClaim(
         "stack-claim", admin=admin, stack=f"{namespace}/{stack}", database=cfg.database, roles=list(cfg.roles.all()),
-        keep_on_destroy=cfg.migrations.keep_data_on_destroy)]
+        keep_on_destroy=cfg.keep_data_on_destroy)]
     admin_is_superuser = cfg.server.superuser
 else:
     # Before anything is declared: the engine answers, the image is there and is PostgreSQL 15, the port is free.
@@ -86,7 +86,7 @@ else:
             image=cfg.server.image, host_port=cfg.server.host_port, bind_address=cfg.server.bind_address,
             superuser=cfg.server.superuser, superuser_password=superuser_password.result,
             cron_database=cfg.database, protect_data=cfg.protect_data,
-            keep_data_on_destroy=cfg.migrations.keep_data_on_destroy,
+            keep_data_on_destroy=cfg.keep_data_on_destroy,
         ),
     )
     server_resources = [superuser_password, server]
@@ -100,13 +100,13 @@ db = DatabaseAndRoles(
     "app-db",
     DatabaseAndRolesArgs(admin=admin, admin_is_superuser=admin_is_superuser, database=cfg.database,
                          roles=cfg.roles, password_length=cfg.password_length, privileges=privileges,
-                         protect_data=cfg.protect_data, keep_data_on_destroy=cfg.migrations.keep_data_on_destroy,
-                         password_keepers={purpose: cfg.rotation_keepers(purpose) for purpose in PURPOSES},
+                         protect_data=cfg.protect_data, keep_data_on_destroy=cfg.keep_data_on_destroy,
+                         password_keepers={purpose: cfg.rotation_keepers(purpose) for purpose in RolePurpose},
                          after=[r for r in server_resources if isinstance(r, StackClaim)], adopted=adopted),
 )
 
 # Adoption: the other tool's history recorded as applied files, before the first migration looks.
-history = (AdoptedHistory("adopted-history", connection=db.connection_for("owner"), tool=cfg.adoption.tool,
+history = (AdoptedHistory("adopted-history", connection=db.connection_for(RolePurpose.OWNER), tool=cfg.adoption.tool,
                           files=migration_files, opts=pulumi.ResourceOptions(depends_on=[db]))
            if adopted is not None and cfg.adoption else None)
 
@@ -125,9 +125,9 @@ migrations = Migrations(
     MigrationsArgs(
         migrations=migration_files,
         directory=str(migrations_dir),
-        connection=db.connection_for("owner"),
+        connection=db.connection_for(RolePurpose.OWNER),
         accept_checksums=cfg.migrations.accept_checksums,
-        keep_data_on_destroy=cfg.migrations.keep_data_on_destroy,
+        keep_data_on_destroy=cfg.keep_data_on_destroy,
         allow_out_of_order=cfg.migrations.allow_out_of_order,
         fixes=stack_config.migration_fixes(namespace),
         limits=statement_limits,
@@ -152,7 +152,7 @@ cleanup = token_cleanup.TokenCleanupJob(
         provider=db.provider,
         cron_connection=admin.to_database(cron_database),
         database=db.database.name,
-        run_as=db.roles["cleanup"].name,
+        run_as=db.roles[RolePurpose.CLEANUP].name,
         job_name=cfg.cleanup_job.name,
         schedule=cfg.cleanup_job.schedule,
         command=token_cleanup.command(cfg.cleanup_job.batch_size),
@@ -161,7 +161,7 @@ cleanup = token_cleanup.TokenCleanupJob(
         after=migrations.applied,
         privileges=privileges,
         keep_extension_on_destroy=isinstance(cfg.server, stack_config.ExternalServer),
-        history_readers=[db.roles["owner"].name, db.roles["readonly"].name],
+        history_readers=[db.roles[RolePurpose.OWNER].name, db.roles[RolePurpose.READONLY].name],
     ),
 )
 
@@ -169,8 +169,8 @@ cleanup = token_cleanup.TokenCleanupJob(
 DataProtection("protectData", cfg.protect_data,
                [*server_resources, db, *([history] if history else []), *migrations.applied, table_privileges, cleanup])
 
-connections = {purpose: db.connection_for(purpose) for purpose in PURPOSES}
-app = connections["app"]
+connections = {purpose.value: db.connection_for(purpose) for purpose in RolePurpose}
+app = connections[RolePurpose.APP.value]
 pulumi.export("mode", cfg.mode)
 pulumi.export("host", admin.host)
 pulumi.export("port", admin.port)

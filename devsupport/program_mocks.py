@@ -43,7 +43,12 @@ from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs
 from pulumi.runtime.proto import resource_pb2
 from pulumi.runtime.stack import Stack, wait_for_rpcs
 
+from infra.components.database import DatabaseAndRoles, TablePrivileges
+from infra.components.migrations import Migrations
+from infra.components.protection import DataProtection
+from infra.components.server import PostgresServer
 from infra.preflight import ServerFacts
+from infra.token_cleanup import TokenCleanupJob
 
 REPO = Path(__file__).resolve().parents[1]
 PROGRAM = REPO / "__main__.py"
@@ -51,12 +56,12 @@ PROJECT = "customer-insights-db"
 STACK = "unit"
 
 STACK_TYPE = "pulumi:pulumi:Stack"
-SERVER_COMPONENT = "customer-insights:db:PostgresServer"
-DB_COMPONENT = "customer-insights:db:DatabaseAndRoles"
-MIGRATIONS_COMPONENT = "customer-insights:db:Migrations"
-JOB_COMPONENT = "customer-insights:db:TokenCleanupJob"
-TABLE_PRIVILEGES_COMPONENT = "customer-insights:db:TablePrivileges"
-DATA_PROTECTION_COMPONENT = "customer-insights:db:DataProtection"
+SERVER_COMPONENT = PostgresServer.TYPE
+DB_COMPONENT = DatabaseAndRoles.TYPE
+MIGRATIONS_COMPONENT = Migrations.TYPE
+JOB_COMPONENT = TokenCleanupJob.TYPE
+TABLE_PRIVILEGES_COMPONENT = TablePrivileges.TYPE
+DATA_PROTECTION_COMPONENT = DataProtection.TYPE
 RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
 NETWORK = "docker:index/network:Network"
 SERVER_READY = "pulumi-python:dynamic/db:ServerReady"
@@ -135,6 +140,7 @@ class Registration:
     additional_secret_outputs: list[str]
     inputs: dict[str, Any]  # wire form: secrets wrapped
     protect: bool = False
+    retain_on_delete: bool = False
 
     def __getitem__(self, key: str) -> Any:
         return reveal(self.inputs[key])
@@ -203,6 +209,7 @@ class RecordingMonitor(MockMonitor):
             additional_secret_outputs=list(request.additionalSecretOutputs),
             inputs=rpc.deserialize_properties(request.object, keep_unknowns=True),
             protect=bool(request.protect),
+            retain_on_delete=bool(request.retainOnDelete),
         )
         with self._lock:
             self.registrations.append(registration)

@@ -10,6 +10,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -73,15 +74,32 @@ class ConfigSource(Protocol):
     def get_object(self, key: str) -> Any: ...
 
 
+class RolePurpose(StrEnum):
+    """What a role of the stack is for; the values name its resources, outputs and passwordRotation keys."""
+
+    OWNER = "owner"  # owns the database and the schema; runs the migrations
+    APP = "app"  # the application: reads and writes data, no DDL
+    READONLY = "readonly"  # analysts
+    CLEANUP = "cleanup"  # the token-cleanup job
+
+
 @dataclass(frozen=True)
 class RoleNames:
-    owner: str  # owns the database and the schema; runs the migrations
-    app: str  # the application: reads and writes data, no DDL
-    readonly: str  # analysts
-    cleanup: str  # the token-cleanup job
+    """The role name of each purpose: one field per RolePurpose, named by its value."""
+
+    owner: str
+    app: str
+    readonly: str
+    cleanup: str
+
+    def of(self, purpose: RolePurpose) -> str:
+        return str(getattr(self, purpose.value))
+
+    def items(self) -> tuple[tuple[RolePurpose, str], ...]:
+        return tuple((purpose, self.of(purpose)) for purpose in RolePurpose)
 
     def all(self) -> tuple[str, ...]:
-        return (self.owner, self.app, self.readonly, self.cleanup)
+        return tuple(self.of(purpose) for purpose in RolePurpose)
 
 
 @dataclass(frozen=True)
@@ -128,7 +146,6 @@ class AdoptionSettings:
 class MigrationSettings:
     directory: str
     accept_checksums: frozenset[str]
-    keep_data_on_destroy: bool
     # allowOutOfOrder: apply a pending file numbered below the highest applied version (refused by default).
     allow_out_of_order: bool = False
     # migrationLockTimeout, migrationLockRetries, migrationLockRetryDelay, migrationStatementTimeout.
@@ -222,12 +239,14 @@ class StackConfig:
     cleanup_job: CleanupJobSettings
     # Pulumi `protect` on what holds data (volume, database, migrations): destroy and replacement stop.
     protect_data: bool = True
+    # keepDataOnDestroy: destroy forgets the volume, database, roles, migrations and claim instead of deleting them.
+    keep_data_on_destroy: bool = False
     # passwordRotation: a counter per role ("all" for every role); see _password_rotation.
     password_rotation: dict[str, int] = field(default_factory=dict)
     rehearsal: RehearsalSettings = field(default_factory=RehearsalSettings)
     adoption: AdoptionSettings | None = None
 
-    def rotation_keepers(self, purpose: str) -> dict[str, str] | None:
+    def rotation_keepers(self, purpose: RolePurpose) -> dict[str, str] | None:
         """RandomPassword keepers of one role: any change of its counter or of "all" makes a new password.
 
         None while both are 0, so stacks that never rotated keep their passwords (no keepers, as before).
@@ -397,7 +416,6 @@ def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
     migrations = MigrationSettings(
         directory=r.text("migrationsDir", "sql"),
         accept_checksums=frozenset(accept),
-        keep_data_on_destroy=r.boolean("keepDataOnDestroy", False),
         allow_out_of_order=r.boolean("allowOutOfOrder", False),
         limits=_statement_limits(r),
     )
@@ -422,6 +440,7 @@ def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
 
     # Only the throwaway `dev` stack defaults to unprotected: a stack that forgets the key is safe.
     protect_data = r.boolean("protectData", stack != DEV_STACK)
+    keep_data_on_destroy = r.boolean("keepDataOnDestroy", False)
 
     adoption = _adoption(r, source, mode)
     _server_owned_names(r, database, roles, server)
@@ -437,6 +456,7 @@ def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
         migrations=migrations,
         cleanup_job=cleanup_job,
         protect_data=protect_data,
+        keep_data_on_destroy=keep_data_on_destroy,
         password_rotation=password_rotation,
         rehearsal=rehearsal,
         adoption=adoption,
@@ -518,7 +538,7 @@ def _server_owned_names(r: _Reader, database: str, roles: RoleNames,
                                 "e.g. `pulumi config set rolePrefix ci`")
 
 
-ROTATION_KEYS = ("all", "owner", "app", "readonly", "cleanup")
+ROTATION_KEYS = ("all", *(purpose.value for purpose in RolePurpose))
 
 
 def _password_rotation(r: _Reader, source: ConfigSource) -> dict[str, int]:

@@ -27,6 +27,6 @@ def command(batch_size: int) -> str:
 
 
 class TokenCleanupJob(ScheduledJob):
-    """The ScheduledJob under the type its stacks were created with: their resources stay as they are."""
+    """The ScheduledJob of this program, under the type token its stacks were created with."""
 
-    component_type = "customer-insights:db:TokenCleanupJob"
+    TYPE = "customer-insights:db:TokenCleanupJob"

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import pulumi
 import pulumi_postgresql as postgresql
 import pulumi_random as random
 
 from infra.components.privileges import PrivilegeSequence, default_acl_row, object_rows
-from infra.config import RoleNames
+from infra.config import RoleNames, RolePurpose
 from infra.connection import Connection
 from infra.dynamic.adoption import RolePassword
+from infra.migrate import tracking
 
 TABLE_WRITE = ["SELECT", "INSERT", "UPDATE", "DELETE"]
 SCHEMA = "public"
-PURPOSES = ("owner", "app", "readonly", "cleanup")
 
 # Columns that hold credentials: the read-only role (analysts) never reads them. Every other column
 # of these tables is granted column by column, so a column a later migration adds to one of them stays
@@ -31,8 +31,6 @@ READONLY_COLUMNS: dict[str, tuple[str, ...]] = {
               "created_at", "updated_at", "last_login_at"),
     "refresh_tokens": ("id", "user_id", "expires_at", "created_at"),
 }
-# The migration runner's tracking table (infra/migrate/tracking.py): `preview` and `up` trust it.
-MIGRATION_HISTORY = "schema_migrations"
 
 
 @dataclass
@@ -46,7 +44,7 @@ class DatabaseAndRolesArgs:
     # Shared by every component that grants privileges: see infra/components/privileges.py.
     privileges: PrivilegeSequence
     # RandomPassword keepers per role purpose (config passwordRotation): a change makes a new password.
-    password_keepers: Mapping[str, Mapping[str, str] | None] = field(default_factory=dict)
+    password_keepers: Mapping[RolePurpose, Mapping[str, str] | None] = field(default_factory=dict)
     protect_data: bool = False  # config protectData: Pulumi `protect` on the database (issue 10)
     # config keepDataOnDestroy: destroy forgets the database and its roles instead of dropping them.
     keep_data_on_destroy: bool = False
@@ -68,12 +66,14 @@ class DatabaseAndRoles(pulumi.ComponentResource):
     granted per role; default privileges give tables the owner creates later the right grants.
     """
 
+    TYPE: ClassVar[str] = "customer-insights:db:DatabaseAndRoles"
+
     provider: postgresql.Provider
     database: postgresql.Database
-    roles: dict[str, postgresql.Role]  # by purpose (PURPOSES)
+    roles: dict[RolePurpose, postgresql.Role]
 
     def __init__(self, name: str, args: DatabaseAndRolesArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("customer-insights:db:DatabaseAndRoles", name, None, opts)
+        super().__init__(self.TYPE, name, None, opts)
         self.provider = postgresql.Provider(
             f"{name}-admin",
             host=args.admin.host,
@@ -89,14 +89,9 @@ class DatabaseAndRoles(pulumi.ComponentResource):
         on_server = pulumi.ResourceOptions(parent=self, provider=self.provider)
 
         self._admin = args.admin
-        self._logins: dict[str, tuple[str, pulumi.Output[str]]] = {}
-        roles: dict[str, postgresql.Role] = {}
-        for purpose, role_name in (
-            ("owner", args.roles.owner),
-            ("app", args.roles.app),
-            ("readonly", args.roles.readonly),
-            ("cleanup", args.roles.cleanup),
-        ):
+        self._logins: dict[RolePurpose, tuple[str, pulumi.Output[str]]] = {}
+        roles: dict[RolePurpose, postgresql.Role] = {}
+        for purpose, role_name in args.roles.items():
             # New keepers replace only this RandomPassword; the Role (and whatever connects as it)
             # is updated in place with the new result: that is the whole rotation.
             password = random.RandomPassword(
@@ -135,7 +130,7 @@ class DatabaseAndRoles(pulumi.ComponentResource):
         self.database = postgresql.Database(
             name,
             name=args.database,
-            owner=roles["owner"].name,
+            owner=roles[RolePurpose.OWNER].name,
             encoding="UTF8",
             lc_collate="C.UTF-8",
             lc_ctype="C.UTF-8",
@@ -160,7 +155,8 @@ class DatabaseAndRoles(pulumi.ComponentResource):
             privileges=[],
             opts=grants.options(in_database, on_database),
         ), on_database)
-        for purpose in ("app", "readonly", "cleanup"):
+        # The owner owns the database: it may connect and use the schema already.
+        for purpose in (p for p in RolePurpose if p is not RolePurpose.OWNER):
             role = roles[purpose]
             grants.then(postgresql.Grant(
                 f"{name}-{purpose}-connect",
@@ -183,16 +179,16 @@ class DatabaseAndRoles(pulumi.ComponentResource):
         # Tables and sequences the owner creates later (the migrations) get these grants
         # automatically. The cleanup role gets none: its few grants name single objects.
         for purpose, object_type, privileges in (
-            ("app", "table", TABLE_WRITE),
-            ("app", "sequence", ["USAGE", "SELECT"]),
-            ("readonly", "table", ["SELECT"]),
-            ("readonly", "sequence", ["SELECT"]),
+            (RolePurpose.APP, "table", TABLE_WRITE),
+            (RolePurpose.APP, "sequence", ["USAGE", "SELECT"]),
+            (RolePurpose.READONLY, "table", ["SELECT"]),
+            (RolePurpose.READONLY, "sequence", ["SELECT"]),
         ):
             default_acl = [default_acl_row(args.roles.owner, SCHEMA, object_type)]
             grants.then(postgresql.DefaultPrivileges(
                 f"{name}-{purpose}-default-{object_type}",
                 database=self.database.name,
-                owner=roles["owner"].name,
+                owner=roles[RolePurpose.OWNER].name,
                 role=roles[purpose].name,
                 schema=SCHEMA,
                 object_type=object_type,
@@ -201,10 +197,10 @@ class DatabaseAndRoles(pulumi.ComponentResource):
             ), default_acl)
 
         self.roles = roles
-        self.register_outputs({"database": self.database.name, "roles": {k: r.name for k, r in roles.items()}})
+        self.register_outputs({"database": self.database.name, "roles": {p.value: r.name for p, r in roles.items()}})
 
-    def connection_for(self, purpose: str) -> Connection:
-        """How `purpose`'s role (one of PURPOSES) reaches the application database."""
+    def connection_for(self, purpose: RolePurpose) -> Connection:
+        """How `purpose`'s role reaches the application database."""
         user, password = self._logins[purpose]
         return self._admin.to_database(self.database.name).as_user(user, password)
 
@@ -213,7 +209,7 @@ class DatabaseAndRoles(pulumi.ComponentResource):
 class TablePrivilegesArgs:
     provider: postgresql.Provider
     database: pulumi.Input[str]
-    roles: Mapping[str, postgresql.Role]  # by purpose, from DatabaseAndRoles
+    roles: Mapping[RolePurpose, postgresql.Role]  # from DatabaseAndRoles
     after: Sequence[pulumi.Resource]  # the migrations that create the tables and the procedure
     privileges: PrivilegeSequence
     # Tables another tool made (adoption): the owner's default privileges never applied to them.
@@ -239,8 +235,10 @@ class TablePrivileges(pulumi.ComponentResource):
     after its table's revoke (and the shared sequence keeps that order on update and destroy too).
     """
 
+    TYPE: ClassVar[str] = "customer-insights:db:TablePrivileges"
+
     def __init__(self, name: str, args: TablePrivilegesArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("customer-insights:db:TablePrivileges", name, None, opts)
+        super().__init__(self.TYPE, name, None, opts)
         on_server = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=list(args.after))
         seq = args.privileges
 
@@ -251,16 +249,16 @@ class TablePrivileges(pulumi.ComponentResource):
             return seq.then(postgresql.Grant(f"{name}-{resource_name}", database=args.database, schema=SCHEMA,
                                              opts=seq.options(on_server, rows), **kwargs), rows)
 
-        readonly = args.roles["readonly"].name
+        readonly = args.roles[RolePurpose.READONLY].name
         for table, columns in READONLY_COLUMNS.items():
             grant(f"readonly-{table}-revoke", role=readonly, object_type="table", objects=[table], privileges=[])
             grant(f"readonly-{table}-columns", role=readonly, object_type="column", objects=[table],
                   columns=list(columns), privileges=["SELECT"])
-        grant("app-history-revoke", role=args.roles["app"].name, object_type="table",
-              objects=[MIGRATION_HISTORY], privileges=[])
+        grant("app-history-revoke", role=args.roles[RolePurpose.APP].name, object_type="table",
+              objects=[tracking.TABLE], privileges=[])
         if args.adopted_tables is not None:
             # What the default privileges give a table the owner creates (secret-column tables: above).
-            grant("app-adopted-tables", role=args.roles["app"].name, object_type="table",
+            grant("app-adopted-tables", role=args.roles[RolePurpose.APP].name, object_type="table",
                   objects=args.adopted_tables, privileges=TABLE_WRITE)
             grant("readonly-adopted-tables", role=readonly, object_type="table", privileges=["SELECT"],
                   objects=pulumi.Output.from_input(args.adopted_tables).apply(

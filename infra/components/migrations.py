@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pulumi
 
@@ -26,7 +26,8 @@ from infra.rehearsal import Endpoint, RehearsalPlan
 class MigrationsArgs:
     # Loaded and validated once by the program (`infra.config.checked_migrations`), in version order.
     migrations: Sequence[MigrationFile]
-    directory: str  # where they were read from: the review looks for squawk's configuration from there
+    # Where they were read from: the review uses the .squawk.toml found from there upwards, as CI's squawk does.
+    directory: str
     connection: Connection  # as the owner role, never a superuser
     accept_checksums: frozenset[str] = field(default_factory=frozenset)
     keep_data_on_destroy: bool = False
@@ -39,9 +40,6 @@ class MigrationsArgs:
     # What must exist first (the database, its roles and grants). The first migration depends on
     # these directly, so the state records it and destroy reverts the schema before revoking them.
     after: list[pulumi.Resource] = field(default_factory=list)
-    # `pulumi preview` reviews each pending migration with squawk, using this configuration (None:
-    # the .squawk.toml squawk finds from `directory` upwards, as `squawk sql/*.sql` in CI does).
-    squawk_config: str | None = None
     # `pulumi preview` rehearses the pending migrations on a scratch database (None: it does not).
     rehearsal: RehearsalArgs | None = None
     # sql/checkpoint.json (`infra.config.checked_checkpoint`): the files up to it are one resource.
@@ -166,8 +164,6 @@ def review_pending(
     recorded on the target are rehearsed first (later files meet their tables); their trace is logged
     on the checkpoint only when one of them ran.
     """
-    config = Path(args.squawk_config) if args.squawk_config else None
-
     async def review() -> None:
         pending = [(r, m) for r, m in chain if not await r.id.is_known()]
         held: list[tuple[pulumi.CustomResource, MigrationFile]] = []
@@ -181,7 +177,7 @@ def review_pending(
 
         def squawk(m: MigrationFile) -> Review | MigrationsError:
             try:
-                return review_migration(m, squawk_config=config, search_from=Path(args.directory))
+                return review_migration(m, search_from=Path(args.directory))
             except MigrationsError as exc:
                 return exc
 
@@ -277,11 +273,13 @@ class Migrations(pulumi.ComponentResource):
     reverse order (the engine deletes dependents first).
     """
 
+    TYPE: ClassVar[str] = "customer-insights:db:Migrations"
+
     last: pulumi.CustomResource | None
     versions: list[str]
 
     def __init__(self, name: str, args: MigrationsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("customer-insights:db:Migrations", name, None, opts)
+        super().__init__(self.TYPE, name, None, opts)
         covered, declared = split_at_checkpoint(args.migrations, args.checkpoint)
         checkpoint = declare_checkpoint(self, covered, args) if covered else None
         previous: pulumi.CustomResource | None = checkpoint

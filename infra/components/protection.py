@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import pulumi
 
@@ -17,7 +18,9 @@ class DataProtection(pulumi.ComponentResource):
     candidate: destroy fails on it before anything else is touched.
     """
 
+    TYPE: ClassVar[str] = "customer-insights:db:DataProtection"
+
     def __init__(self, name: str, protect: bool, guarded: Sequence[pulumi.Resource]) -> None:
-        super().__init__("customer-insights:db:DataProtection", name, None,
+        super().__init__(self.TYPE, name, None,
                          pulumi.ResourceOptions(protect=protect, depends_on=list(guarded)))
         self.register_outputs({"protected": protect})

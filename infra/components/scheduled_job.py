@@ -49,13 +49,12 @@ class ScheduledJobArgs:
 class ScheduledJob(pulumi.ComponentResource):
     """The pg_cron extension, the job role's grants, and the job, created once all of them exist."""
 
-    # A subclass may keep the type token its stacks recorded (changing it would re-parent every child).
-    component_type: ClassVar[str] = "customer-insights:db:ScheduledJob"
+    TYPE: ClassVar[str] = "customer-insights:db:ScheduledJob"
 
     job: CronJob
 
     def __init__(self, name: str, args: ScheduledJobArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(self.component_type, name, None, opts)
+        super().__init__(self.TYPE, name, None, opts)
         on_server = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=list(args.after))
         extension = postgresql.Extension(
             f"{name}-pg-cron", name="pg_cron", database=args.cron_connection.database,

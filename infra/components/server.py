@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pulumi
 import pulumi_docker as docker
@@ -76,12 +77,14 @@ class PostgresServer(pulumi.ComponentResource):
     fixed two-second wait).
     """
 
+    TYPE: ClassVar[str] = "customer-insights:db:PostgresServer"
+
     host: pulumi.Output[str]
     port: pulumi.Output[int]
     container_name: pulumi.Output[str]
 
     def __init__(self, name: str, args: PostgresServerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("customer-insights:db:PostgresServer", name, None, opts)
+        super().__init__(self.TYPE, name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         stack = pulumi.get_stack()
         labels = [

@@ -30,7 +30,7 @@ def configured_program(connection: dict[str, Any]):
             migrations=stack_config.checked_migrations(directory, cfg.migrations, pulumi.get_project()),
             directory=str(directory), connection=Connection.from_inputs(connection),
             accept_checksums=cfg.migrations.accept_checksums,
-            keep_data_on_destroy=cfg.migrations.keep_data_on_destroy,
+            keep_data_on_destroy=cfg.keep_data_on_destroy,
             allow_out_of_order=cfg.migrations.allow_out_of_order,
             fixes=stack_config.migration_fixes(pulumi.get_project()),
         ))

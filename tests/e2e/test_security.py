@@ -32,6 +32,7 @@ from pulumi import automation as auto
 
 from devsupport.local_postgres import free_port
 from infra.components.database import SECRET_COLUMNS
+from infra.config import RolePurpose
 from scripts.stack import missing_plugins, program
 from tests.e2e.conftest import StackFactory, assert_not_in_state, clean_up_stack, pulumi_bin_dir
 
@@ -42,7 +43,6 @@ PROJECT = "customer-insights-db"
 # The last commit before TablePrivileges: the privileges every stack created until then has.
 BEFORE_THE_EXCEPTIONS = "8c4dc5c0868bfcb398268c3c31bcb7f24927460d"
 PASSWORD_FILE = "/etc/postgresql-secrets/superuser-password"
-PURPOSES = ("owner", "app", "readonly", "cleanup")
 RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
 ROLE = "postgresql:index/role:Role"
 
@@ -319,7 +319,7 @@ def probe_procedure(conn: psycopg.Connection[Any], name: str) -> Cell:
 
 def test_privilege_matrix_in_the_readme_holds_on_the_live_database(live: Live) -> None:
     roles, matrix = readme_matrix()
-    assert roles == list(PURPOSES)
+    assert roles == [purpose.value for purpose in RolePurpose]
     urls = live.urls()
     with psycopg.connect(urls["owner"], autocommit=True) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
         cur.execute("SELECT table_name, column_name, identity_generation, is_generated FROM information_schema.columns"
@@ -494,7 +494,7 @@ def test_rotation_one_role_then_all_with_an_open_session_kept(live: Live) -> Non
     assert migrations and all(ops == {"update"} and t.endswith("Migration") for (t, _), ops in migrations.items())
     assert {k: v for k, v in changed.items() if k in expected} == expected
     final = live.outputs()["connection_urls"]
-    for purpose in PURPOSES:
+    for purpose in RolePurpose:
         assert final[purpose] != new[purpose]
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
             psycopg.connect(new[purpose]).close()

@@ -57,11 +57,12 @@ def test_defaults() -> None:
             image="customer-insights/postgres-cron:15", host_port=55432, bind_address="127.0.0.1",
             superuser="postgres",
         ),
-        migrations=MigrationSettings(directory="sql", accept_checksums=frozenset(), keep_data_on_destroy=False),
+        migrations=MigrationSettings(directory="sql", accept_checksums=frozenset()),
         cleanup_job=CleanupJobSettings(
             name="customer_insights-delete-expired-refresh-tokens", schedule="*/15 * * * *", enabled=True,
             batch_size=5000,
         ),
+        keep_data_on_destroy=False,
     )
 
 
@@ -81,7 +82,8 @@ def test_explicit_values_are_used() -> None:
     assert cfg.password_length == 40
     assert cfg.server == ContainerServer("registry.local/pg:15", 6000, "127.0.0.2", "postgres")
     assert cfg.cleanup_job == CleanupJobSettings("tokens", "0 3 * * *", False, 250)
-    assert cfg.migrations == MigrationSettings("db/sql", frozenset({"003", "0010"}), True)
+    assert cfg.migrations == MigrationSettings("db/sql", frozenset({"003", "0010"}))
+    assert cfg.keep_data_on_destroy is True
 
 
 def test_cleanup_job_name_defaults_to_the_database_name() -> None:

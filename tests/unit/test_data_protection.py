@@ -1,4 +1,4 @@
-"""protectData: its default per stack, what it protects in the program's graph, and the container
+"""protectData and keepDataOnDestroy: their defaults, what they reach in the program's graph, and the container
 host preflight's place (before anything is declared). The behaviour itself: tests/e2e/test_failure_drills.py."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from tests.unit.test_program_graph import CONTAINER_CONFIG, EXTERNAL_CONFIG
 
 pytestmark = pytest.mark.unit
 NAMESPACE = "customer-insights-db"
+STACK_CLAIM = "pulumi-python:dynamic/db:StackClaim"
 DATA_HOLDERS = {VOLUME, DATABASE, MIGRATION, MIGRATIONS_COMPONENT}
 
 
@@ -71,6 +72,19 @@ def test_unprotected_stack_protects_nothing() -> None:
 def test_external_mode_protects_the_database_and_migrations(preflight) -> None:
     result = run(EXTERNAL_CONFIG, secret_keys=("externalAdminPassword",))
     assert {r.type for r in result.resources if r.protect} == DATA_HOLDERS - {VOLUME} | {DATA_PROTECTION_COMPONENT}
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_keep_data_on_destroy_reaches_the_volume_database_roles_migrations_and_claim(preflight, keep: bool) -> None:
+    value = "true" if keep else "false"
+    container = run({**CONTAINER_CONFIG, "keepDataOnDestroy": value})
+    roles = {(ROLE, r.name) for r in container.of_type(ROLE)}
+    assert len(roles) == 4
+    retained = {(r.type, r.name) for r in container.resources if r.retain_on_delete}
+    assert retained == ({(VOLUME, "postgres-data"), (DATABASE, "app-db"), *roles} if keep else set())
+    assert container.migrations() and all(m["keep_on_destroy"] is keep for m in container.migrations())
+    external = run({**EXTERNAL_CONFIG, "keepDataOnDestroy": value}, secret_keys=("externalAdminPassword",))
+    assert external.one(STACK_CLAIM, "stack-claim")["keep_on_destroy"] is keep
 
 
 def test_container_host_is_checked_before_anything_is_declared(container_host_preflight) -> None:

@@ -101,6 +101,14 @@ def test_every_registration_reaches_the_mocks() -> None:
     assert len({r.urn for r in result.resources}) == len(result.resources)
 
 
+def test_component_type_tokens_are_the_ones_stacks_recorded(run: ProgramRun) -> None:
+    """A component's type token is part of its URN and of every child's: changing one re-creates them."""
+    assert sorted(r.urn for r in run.resources if not r.custom) == sorted(
+        f"urn:pulumi:unit::customer-insights-db::pulumi:pulumi:Stack$customer-insights:db:{token}" for token in (
+            "PostgresServer::postgres", "DatabaseAndRoles::app-db", "Migrations::schema",
+            "TokenCleanupJob::token-cleanup", "TablePrivileges::table-privileges", "DataProtection::protectData"))
+
+
 def test_container_mode_inventory(run: ProgramRun) -> None:
     counts: dict[str, int] = {}
     for r in run.resources:
