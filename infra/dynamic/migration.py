@@ -261,13 +261,13 @@ class MigrationProvider(DiffingProvider):
 
     @reported_delete
     def delete(self, _id: str, props: dict[str, Any]) -> None:
+        if covered_by_checkpoint(props):  # moved into the checkpoint, which reverts it on destroy
+            pulumi.log.info(f"{props['filename']}: held by the checkpoint now, forgotten (not reverted)")
+            return
         if refusal := _kept_from_reverting(props):
             raise ProviderFailure(refusal)
         if props.get("keep_on_destroy"):
             pulumi.log.info(f"{props['filename']}: kept ({_fix(props, 'keep_data') or 'keep_on_destroy is set'})")
-            return
-        if covered_by_checkpoint(props):  # moved into the checkpoint, which reverts it on destroy
-            pulumi.log.info(f"{props['filename']}: held by the checkpoint now, forgotten (not reverted)")
             return
         try:
             _migrator(props).revert(_migration(props))
