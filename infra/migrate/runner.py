@@ -148,15 +148,6 @@ class Migrator:
             _same_checksum(m, record)
         return record
 
-    def check_order(self, m: MigrationFile) -> None:
-        """What `apply(m)` would refuse for its order, checked without the lock and without writing:
-        OutOfOrderMigrationError if `m` is not applied and a higher version is (unless allowed)."""
-        if self.allow_out_of_order:
-            return
-        with self._session(locked=False) as conn:
-            if tracking.fetch(conn, m.version) is None:
-                check_order(m, tracking.highest(conn))
-
     # ---------------------------------------------------------------- writing
 
     def apply(self, m: MigrationFile) -> tuple[AppliedMigration, bool]:

@@ -28,7 +28,9 @@ from infra.migrate import (
     Migrator,
     OutOfOrderMigrationError,
     RenamedMigrationError,
+    check_order,
     checksum_of,
+    highest_of,
     load_migrations,
 )
 
@@ -70,6 +72,13 @@ def lock_is_free(dsn: str) -> bool:
         if row[0]:
             conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
         return bool(row[0])
+
+
+def preview_order_check(migrator: Migrator, m: MigrationFile) -> None:
+    """What a preview checks for `m`'s order (as the Migration provider does): read-only, no lock."""
+    applied = migrator.applied()
+    if not migrator.allow_out_of_order and m.version not in applied:
+        check_order(m, highest_of(applied.values()))
 
 
 class Log(list[str]):
@@ -224,15 +233,15 @@ def test_a_file_added_below_the_highest_applied_version_is_refused_unless_allowe
     with pytest.raises(OutOfOrderMigrationError):  # file by file too, under the lock
         strict.apply(late)
     with pytest.raises(OutOfOrderMigrationError):  # and read-only, as a preview asks
-        strict.check_order(late)
-    strict.check_order(later)
+        preview_order_check(strict, late)
+    preview_order_check(strict, later)
     assert tracked_versions(fresh_db) == ["001", "010"]
     assert not table_exists(fresh_db, "c") and not table_exists(fresh_db, "d")
     assert lock_is_free(fresh_db)
 
     log = Log()
     lenient = Migrator(fresh_db, log=log, allow_out_of_order=True)
-    lenient.check_order(late)
+    preview_order_check(lenient, late)
     done = lenient.apply_all([late, later])
     assert [(r.version, adopted) for r, adopted in done] == [("002", False), ("011", False)]
     assert "002_c.sql: applied out of order (after 010), as allowed" in log
@@ -240,14 +249,14 @@ def test_a_file_added_below_the_highest_applied_version_is_refused_unless_allowe
 
     # Once applied it is history like any other: the strict migrator adopts it, refuses nothing.
     assert strict.apply(late)[1] is True
-    strict.check_order(late)
+    preview_order_check(strict, late)
     assert strict.apply_all(load_migrations(tmp_path)) == []
 
 
 def test_order_ignores_tracking_rows_written_by_hand_with_other_versions(fresh_db: str, tmp_path: Path) -> None:
     write(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);"})
     migrator = Migrator(fresh_db)
-    migrator.check_order(load_migrations(tmp_path)[0])  # no tracking table yet: nothing is applied
+    preview_order_check(migrator, load_migrations(tmp_path)[0])  # no tracking table yet: nothing is applied
     assert not table_exists(fresh_db, "public.schema_migrations")  # and checking created none
     migrator.apply_all(load_migrations(tmp_path))
     query(fresh_db, "INSERT INTO schema_migrations (version, name, checksum, duration_ms) "
