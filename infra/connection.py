@@ -50,12 +50,6 @@ class Connection:
         return {HOST: self.host, PORT: self.port, DATABASE: self.database, USER: self.user,
                 PASSWORD: self.password, SSLMODE: self.sslmode}
 
-    @classmethod
-    def from_inputs(cls, inputs: Mapping[str, Any]) -> Connection:
-        """The inverse of `provider_inputs` (tools and tests that hold connections as plain dicts)."""
-        return cls(host=inputs[HOST], port=inputs[PORT], database=inputs[DATABASE], user=inputs[USER],
-                   password=inputs[PASSWORD], sslmode=inputs.get(SSLMODE) or "prefer")
-
     def url(self) -> pulumi.Output[str]:
         """A secret postgresql:// URL (user and password percent-encoded, an IPv6 host bracketed)."""
 

@@ -28,7 +28,6 @@ class PreflightError(pulumi.RunError):
 
 @dataclass(frozen=True)
 class ServerFacts:
-    version: str
     cron_database: str
 
 
@@ -97,7 +96,7 @@ def check_external_server(
             f"The admin user must be able to connect to {cron_database!r} (cron.database_name) to create the "
             "pg_cron extension and schedule the job: GRANT CONNECT ON DATABASE to it. Nothing was created."
         ) from exc
-    return ServerFacts(version=version, cron_database=cron_database)
+    return ServerFacts(cron_database=cron_database)
 
 
 def _connect_failure(where: str, error: str) -> str:

@@ -88,4 +88,3 @@ def test_the_provider_side_reads_the_inputs_back() -> None:
                       "password": "pw", "sslmode": "require", "connect_timeout": "15", "application_name": "probe"}
     assert database_of(plain) == ("db.internal", "6543", "insights")
     assert database_of({**plain, "dbname": rpc.UNKNOWN}) is None  # preview before the database exists
-    assert Connection.from_inputs(plain).database == "insights"
