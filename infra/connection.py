@@ -19,9 +19,10 @@ import psycopg
 import pulumi
 from pulumi.runtime import rpc
 
+from infra.migrate import CONNECT_TIMEOUT
+
 HOST, PORT, DATABASE, USER, PASSWORD, SSLMODE = "host", "port", "dbname", "user", "password", "sslmode"
 WIRE_KEYS = (HOST, PORT, DATABASE, USER, PASSWORD, SSLMODE)
-CONNECT_TIMEOUT = 15  # seconds: a provider waiting on an unreachable server fails instead of hanging
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,11 @@ from dataclasses import dataclass
 import psycopg
 import pulumi
 
-from infra.migrate import MigrationFile, MigrationsError
+from infra.migrate import CONNECT_TIMEOUT, MigrationFile, MigrationsError
 from infra.migrate import adoption as adopt
 from infra.migrate.scratch import existing_server, local_container
 
 MIN_SERVER_VERSION = 130000  # gen_random_uuid() is built in from PostgreSQL 13
-# Bounds every connection attempt of the checks: an unreachable host (a firewall dropping packets, a
-# server that accepts TCP and never answers) fails preview in seconds instead of hanging it.
-CONNECT_TIMEOUT = 10
 
 
 class PreflightError(pulumi.RunError):

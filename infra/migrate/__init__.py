@@ -46,12 +46,13 @@ from .files import (
 )
 from .locking import LOCK_KEY, LOCK_NAME
 from .runner import Migrator, check_identity, check_order
-from .session import StatementLimits, session_setup
+from .session import CONNECT_TIMEOUT, StatementLimits, session_setup
 from .statements import Statement, split_statements
 from .tracking import AppliedMigration, highest_of
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "CONNECT_TIMEOUT",
     "LOCK_KEY",
     "LOCK_NAME",
     "NO_TRANSACTION_MARKER",

@@ -31,6 +31,7 @@ from .files import MigrationFile
 from .locking import migration_lock
 from .runner import Migrator
 from .scratch import ScratchServer, scratch_database
+from .session import CONNECT_TIMEOUT
 
 TOOLS = ("knex", "flyway", "dbmate", "golang-migrate")
 # Each tool's history tables in `public` (left out of the schema comparison).
@@ -105,7 +106,7 @@ def _read_only(conninfo: str) -> psycopg.Connection[Any]:
     """A session that can only read, each statement bounded, so verifying a production database is safe."""
     options = f"-c default_transaction_read_only=on -c statement_timeout={READ_TIMEOUT_MS} -c lock_timeout=2000"
     try:
-        return psycopg.connect(conninfo, autocommit=True, connect_timeout=10, options=options,
+        return psycopg.connect(conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT, options=options,
                                application_name="customer-insights-adoption")
     except psycopg.Error as e:
         raise MigrationsError(f"cannot connect to the database to adopt: {str(e).strip()}") from e
@@ -257,7 +258,7 @@ def record(plan: AdoptionPlan, target: str, *, log: Log | None = None) -> list[s
     table's name. Returns the versions newly recorded (already recorded ones are kept as they are)."""
     say = log or (lambda _m: None)
     try:
-        conn = psycopg.connect(target, autocommit=True, connect_timeout=10,
+        conn = psycopg.connect(target, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
                                application_name="customer-insights-adoption")
     except psycopg.Error as e:
         raise MigrationsError(f"cannot connect to the database to adopt: {str(e).strip()}") from e

@@ -46,6 +46,7 @@ from .errors import (
 from .files import NO_TRANSACTION_MARKER, MigrationFile, validate_script
 from .locking import migration_lock
 from .session import (
+    CONNECT_TIMEOUT,
     LOCK_NOT_AVAILABLE,
     StatementLimits,
     concurrent_index_name,
@@ -55,8 +56,6 @@ from .session import (
 )
 from .statements import Statement
 from .tracking import AppliedMigration, highest_of, version_number
-
-DEFAULT_CONNECT_TIMEOUT = 10  # seconds, unless the conninfo or PGCONNECT_TIMEOUT says otherwise
 
 _NOT_IN_TRANSACTION_HINT = (
     f"this statement cannot run inside a transaction: put `{NO_TRANSACTION_MARKER}` in the file's "
@@ -112,7 +111,7 @@ class Migrator:
         except psycopg.ProgrammingError as e:
             raise MigrationsError(f"invalid database connection string: {e}") from e
         if "connect_timeout" not in given and not os.environ.get("PGCONNECT_TIMEOUT"):
-            params["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
+            params["connect_timeout"] = CONNECT_TIMEOUT
         try:
             return psycopg.connect(self.conninfo, autocommit=True, prepare_threshold=None, **params)
         except psycopg.Error as e:
