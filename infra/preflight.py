@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import psycopg
 import pulumi
 
+from infra.dynamic.base import ADOPTION_APPLICATION_NAME
 from infra.migrate import CONNECT_TIMEOUT, MigrationFile, MigrationsError
 from infra.migrate import adoption as adopt
 from infra.migrate.scratch import existing_server, local_container
@@ -183,11 +184,12 @@ def check_adoption_schema(*, target: str, files: list[MigrationFile], tool: str,
                              options="-c default_transaction_read_only=on -c statement_timeout=10000") as conn:
             if adopt.managed_by_this_runner(conn):
                 return  # adopted already: the tracking table is this program's from now on
-        plan = adopt.read_plan(target, files, tool)
+        plan = adopt.read_plan(target, files, tool, application_name=ADOPTION_APPLICATION_NAME)
         with ExitStack() as stack:
             server = (existing_server(scratch_url) if scratch_url
                       else stack.enter_context(local_container(scratch_image, log=pulumi.log.info)))
-            accepted = adopt.verify(plan, target, scratch=server, owner=owner, accept=accept, ways_out=[
+            accepted = adopt.verify(plan, target, scratch=server, owner=owner, accept=accept,
+                                    application_name=ADOPTION_APPLICATION_NAME, ways_out=[
                 "make the live schema what the files make (with the other tool, or by hand), then preview again",
                 f"or accept a difference by its id: `pulumi config set --path '{namespace}:adoptAccept[0]' "
                 "'<id>'` (e.g. one a later file of the migrations folder fixes)",

@@ -33,6 +33,9 @@ from .runner import Migrator
 from .tracking import AppliedMigration
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+# This repository's migration lock: `pulumi up` (infra/dynamic) takes the same one, so the two serialise.
+LOCK_NAME = "customer-insights:schema_migrations"
+APPLICATION_NAME = "customer-insights-migrations"
 
 
 def _say(message: str) -> None:
@@ -109,7 +112,7 @@ def _migrator(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Migr
     if not url:
         parser.error("no database: pass --database-url or set DATABASE_URL")
     return Migrator(
-        url, lock_timeout=args.lock_timeout, log=_say,
+        url, lock_timeout=args.lock_timeout, log=_say, application_name=APPLICATION_NAME, lock_name=LOCK_NAME,
         allow_out_of_order=bool(getattr(args, "allow_out_of_order", False)),
     )
 

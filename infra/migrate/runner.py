@@ -44,7 +44,7 @@ from .errors import (
     RenamedMigrationError,
 )
 from .files import NO_TRANSACTION_MARKER, MigrationFile, validate_script
-from .locking import migration_lock
+from .locking import DEFAULT_LOCK_NAME, migration_lock
 from .session import (
     CONNECT_TIMEOUT,
     LOCK_NOT_AVAILABLE,
@@ -56,6 +56,8 @@ from .session import (
 )
 from .statements import Statement
 from .tracking import AppliedMigration, highest_of, version_number
+
+DEFAULT_APPLICATION_NAME = "migrations"
 
 _NOT_IN_TRANSACTION_HINT = (
     f"this statement cannot run inside a transaction: put `{NO_TRANSACTION_MARKER}` in the file's "
@@ -79,7 +81,8 @@ class Migrator:
         *,
         lock_timeout: float = 60.0,
         log: Callable[[str], None] | None = None,
-        application_name: str = "customer-insights-migrations",
+        application_name: str = DEFAULT_APPLICATION_NAME,
+        lock_name: str = DEFAULT_LOCK_NAME,
         allow_out_of_order: bool = False,
         limits: StatementLimits | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -88,14 +91,16 @@ class Migrator:
         self.allow_out_of_order = allow_out_of_order
         self.lock_timeout = lock_timeout  # the migration advisory lock's wait (seconds), see `locking`
         self.log = log
-        self.application_name = application_name
+        self.application_name = application_name  # of every session, as pg_stat_activity shows it
+        self.lock_name = lock_name  # migrators with the same lock name never interleave, see `locking`
         self.limits = limits if limits is not None else StatementLimits()
         self.sleep = sleep
 
     def __repr__(self) -> str:  # never show the conninfo: it may carry a password
         return (
-            f"Migrator(application_name={self.application_name!r}, lock_timeout={self.lock_timeout!r}, "
-            f"allow_out_of_order={self.allow_out_of_order!r}, limits={self.limits!r})"
+            f"Migrator(application_name={self.application_name!r}, lock_name={self.lock_name!r}, "
+            f"lock_timeout={self.lock_timeout!r}, allow_out_of_order={self.allow_out_of_order!r}, "
+            f"limits={self.limits!r})"
         )
 
     # ---------------------------------------------------------------- connections
@@ -122,7 +127,7 @@ class Migrator:
         conn = self._connect()
         try:
             if locked:
-                with migration_lock(conn, self.lock_timeout, self._say):
+                with migration_lock(conn, self.lock_timeout, self._say, name=self.lock_name):
                     yield conn
             else:
                 yield conn
