@@ -2,10 +2,11 @@
 
 Every public method opens its own connection (autocommit, `application_name`, `connect_timeout`),
 and every method that writes holds the migration advisory lock (see `locking`) for its whole duration,
-so two migrators (two `pulumi up`, or `pulumi up` and the CLI) never interleave and never apply a
-migration twice: under the lock the record is read again, and an already recorded migration with the
-same checksum is adopted instead of run. Instances keep only plain values (picklable by Pulumi's
-dynamic providers); nothing connects at import or construction time.
+so two migrators of one database under the same lock name (two deployments, or a deployment and a
+command line) never interleave and never apply a migration twice: under the lock the record is read
+again, and an already recorded migration with the same checksum is adopted instead of run. Instances
+keep only plain values (picklable, for callers that run them in another process); nothing connects at
+import or construction time.
 
 Every file runs under `StatementLimits` (see `session`): a lock timeout set before its first
 statement, and, when a statement fails with lock_not_available (55P03), the file is tried again after a
@@ -403,7 +404,7 @@ class Migrator:
             if phase == "COMMIT" and (conn.closed or e.sqlstate is None):
                 note = (
                     "the connection failed while committing: the outcome is UNKNOWN. Look at "
-                    "public.schema_migrations (`python -m infra.migrate status`): if the migration is "
+                    "public.schema_migrations: if the migration is "
                     "recorded it was applied (applying it again adopts it); if not, nothing of it was applied"
                 )
             statement = (
