@@ -16,6 +16,8 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 
 from infra.connection import Connection, conninfo, database_of
 from infra.dynamic.base import (
+    MIGRATION_LOCK_NAME,
+    MIGRATOR_APPLICATION_NAME,
     PROVIDER_KEY,
     DiffingProvider,
     ProviderFailure,
@@ -62,6 +64,7 @@ def _migration(props: dict[str, Any]) -> MigrationFile:
 
 def _migrator(props: dict[str, Any]) -> Migrator:
     return Migrator(conninfo(props, application_name=APPLICATION_NAME), log=pulumi.log.info,
+                    application_name=MIGRATOR_APPLICATION_NAME, lock_name=MIGRATION_LOCK_NAME,
                     allow_out_of_order=bool(props.get("allow_out_of_order")),
                     limits=StatementLimits.from_dict(props.get("limits")))
 
