@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from infra.migrate import CONNECT_TIMEOUT
+
 
 def find_pg_bindir() -> str:
     """The newest installed PostgreSQL server's bin directory (Debian layout)."""
@@ -81,7 +83,7 @@ class ServerAddress:
             dbname=dbname,
             user=user or self.user,
             password=password if password is not None else self.password,
-            connect_timeout=10,
+            connect_timeout=CONNECT_TIMEOUT,
         )
 
 

@@ -19,9 +19,10 @@ import psycopg
 import pulumi
 from pulumi.runtime import rpc
 
+from infra.migrate import CONNECT_TIMEOUT
+
 HOST, PORT, DATABASE, USER, PASSWORD, SSLMODE = "host", "port", "dbname", "user", "password", "sslmode"
 WIRE_KEYS = (HOST, PORT, DATABASE, USER, PASSWORD, SSLMODE)
-CONNECT_TIMEOUT = 15  # seconds: a provider waiting on an unreachable server fails instead of hanging
 
 
 @dataclass(frozen=True)
@@ -49,12 +50,6 @@ class Connection:
         """The inputs a dynamic provider of this program reads with `conninfo` (the password secret)."""
         return {HOST: self.host, PORT: self.port, DATABASE: self.database, USER: self.user,
                 PASSWORD: self.password, SSLMODE: self.sslmode}
-
-    @classmethod
-    def from_inputs(cls, inputs: Mapping[str, Any]) -> Connection:
-        """The inverse of `provider_inputs` (tools and tests that hold connections as plain dicts)."""
-        return cls(host=inputs[HOST], port=inputs[PORT], database=inputs[DATABASE], user=inputs[USER],
-                   password=inputs[PASSWORD], sslmode=inputs.get(SSLMODE) or "prefer")
 
     def url(self) -> pulumi.Output[str]:
         """A secret postgresql:// URL (user and password percent-encoded, an IPv6 host bracketed)."""

@@ -12,14 +12,12 @@ from dataclasses import dataclass
 import psycopg
 import pulumi
 
-from infra.migrate import MigrationFile, MigrationsError
+from infra.dynamic.base import ADOPTION_APPLICATION_NAME
+from infra.migrate import CONNECT_TIMEOUT, MigrationFile, MigrationsError
 from infra.migrate import adoption as adopt
 from infra.migrate.scratch import existing_server, local_container
 
 MIN_SERVER_VERSION = 130000  # gen_random_uuid() is built in from PostgreSQL 13
-# Bounds every connection attempt of the checks: an unreachable host (a firewall dropping packets, a
-# server that accepts TCP and never answers) fails preview in seconds instead of hanging it.
-CONNECT_TIMEOUT = 10
 
 
 class PreflightError(pulumi.RunError):
@@ -28,7 +26,6 @@ class PreflightError(pulumi.RunError):
 
 @dataclass(frozen=True)
 class ServerFacts:
-    version: str
     cron_database: str
 
 
@@ -97,7 +94,7 @@ def check_external_server(
             f"The admin user must be able to connect to {cron_database!r} (cron.database_name) to create the "
             "pg_cron extension and schedule the job: GRANT CONNECT ON DATABASE to it. Nothing was created."
         ) from exc
-    return ServerFacts(version=version, cron_database=cron_database)
+    return ServerFacts(cron_database=cron_database)
 
 
 def _connect_failure(where: str, error: str) -> str:
@@ -187,11 +184,12 @@ def check_adoption_schema(*, target: str, files: list[MigrationFile], tool: str,
                              options="-c default_transaction_read_only=on -c statement_timeout=10000") as conn:
             if adopt.managed_by_this_runner(conn):
                 return  # adopted already: the tracking table is this program's from now on
-        plan = adopt.read_plan(target, files, tool)
+        plan = adopt.read_plan(target, files, tool, application_name=ADOPTION_APPLICATION_NAME)
         with ExitStack() as stack:
             server = (existing_server(scratch_url) if scratch_url
                       else stack.enter_context(local_container(scratch_image, log=pulumi.log.info)))
-            accepted = adopt.verify(plan, target, scratch=server, owner=owner, accept=accept, ways_out=[
+            accepted = adopt.verify(plan, target, scratch=server, owner=owner, accept=accept,
+                                    application_name=ADOPTION_APPLICATION_NAME, ways_out=[
                 "make the live schema what the files make (with the other tool, or by hand), then preview again",
                 f"or accept a difference by its id: `pulumi config set --path '{namespace}:adoptAccept[0]' "
                 "'<id>'` (e.g. one a later file of the migrations folder fixes)",

@@ -19,10 +19,9 @@ from psycopg.conninfo import make_conninfo
 from infra.migrate import MigrationFile, MigrationsError, tracking
 from infra.migrate.rehearsal import Rehearsal, rehearse
 from infra.migrate.scratch import ScratchServer, existing_server, local_container, scratch_database
-from infra.migrate.session import StatementLimits
+from infra.migrate.session import CONNECT_TIMEOUT, StatementLimits
 
 APPLICATION_NAME = "pulumi-rehearsal"
-CONNECT_TIMEOUT = 10
 Log = Callable[[str], None]
 
 

@@ -26,6 +26,8 @@ import psycopg
 from psycopg import conninfo as pg_conninfo
 from psycopg import sql
 
+from infra.migrate import CONNECT_TIMEOUT
+
 # The admin's way (a role that sees every user's runs): pg_cron's tables themselves.
 DIRECT_QUERY = """
 SELECT d.runid, d.status, d.start_time, d.end_time, d.return_message
@@ -52,7 +54,7 @@ class Run:
 def history(database_url: str, job: str, limit: int = 20, cron_database: str | None = None) -> list[Run]:
     """The job's last `limit` runs, newest first; pg_cron's database is `cron_database` (default: the URL's)."""
     cron_url = pg_conninfo.make_conninfo(database_url, dbname=cron_database) if cron_database else database_url
-    with psycopg.connect(cron_url, connect_timeout=15, autocommit=True) as conn:
+    with psycopg.connect(cron_url, connect_timeout=CONNECT_TIMEOUT, autocommit=True) as conn:
         try:
             runs = conn.execute(sql.SQL("SELECT runid, status, start_time, end_time, return_message FROM {}(%s)")
                                 .format(sql.Identifier("job_history", job)), (limit,)).fetchall()
@@ -61,7 +63,7 @@ def history(database_url: str, job: str, limit: int = 20, cron_database: str | N
     recorded: list[Any] = []
     if runs:
         earliest = min(r[2] for r in runs if r[2]) - MATCH_WINDOW
-        with psycopg.connect(database_url, connect_timeout=15) as conn:
+        with psycopg.connect(database_url, connect_timeout=CONNECT_TIMEOUT) as conn:
             recorded = conn.execute("SELECT started_at, rows_deleted, batches FROM refresh_token_cleanup_runs "
                                     "WHERE started_at >= %s", (earliest,)).fetchall()
     out = []

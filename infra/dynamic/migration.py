@@ -16,6 +16,8 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 
 from infra.connection import Connection, conninfo, database_of
 from infra.dynamic.base import (
+    MIGRATION_LOCK_NAME,
+    MIGRATOR_APPLICATION_NAME,
     PROVIDER_KEY,
     DiffingProvider,
     ProviderFailure,
@@ -62,6 +64,7 @@ def _migration(props: dict[str, Any]) -> MigrationFile:
 
 def _migrator(props: dict[str, Any]) -> Migrator:
     return Migrator(conninfo(props, application_name=APPLICATION_NAME), log=pulumi.log.info,
+                    application_name=MIGRATOR_APPLICATION_NAME, lock_name=MIGRATION_LOCK_NAME,
                     allow_out_of_order=bool(props.get("allow_out_of_order")),
                     limits=StatementLimits.from_dict(props.get("limits")))
 
@@ -261,13 +264,13 @@ class MigrationProvider(DiffingProvider):
 
     @reported_delete
     def delete(self, _id: str, props: dict[str, Any]) -> None:
+        if covered_by_checkpoint(props):  # moved into the checkpoint, which reverts it on destroy
+            pulumi.log.info(f"{props['filename']}: held by the checkpoint now, forgotten (not reverted)")
+            return
         if refusal := _kept_from_reverting(props):
             raise ProviderFailure(refusal)
         if props.get("keep_on_destroy"):
             pulumi.log.info(f"{props['filename']}: kept ({_fix(props, 'keep_data') or 'keep_on_destroy is set'})")
-            return
-        if covered_by_checkpoint(props):  # moved into the checkpoint, which reverts it on destroy
-            pulumi.log.info(f"{props['filename']}: held by the checkpoint now, forgotten (not reverted)")
             return
         try:
             _migrator(props).revert(_migration(props))

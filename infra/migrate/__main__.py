@@ -27,12 +27,40 @@ from pathlib import Path
 import psycopg
 
 from .checkpoint import checkpoint_of, write_checkpoint
-from .errors import ChecksumMismatchError, MigrationFileError, MigrationsError, OutOfOrderMigrationError
-from .files import DOWN_HEADER, UP_HEADER, MigrationFile, load_migrations, next_migration_paths
+from .errors import (
+    ChecksumMismatchError,
+    MigrationFailedError,
+    MigrationFileError,
+    MigrationsError,
+    OutOfOrderMigrationError,
+)
+from .files import MigrationFile, load_migrations, next_migration_paths
 from .runner import Migrator
 from .tracking import AppliedMigration
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+# This repository's migration lock: `pulumi up` (infra/dynamic) takes the same one, so the two serialise.
+LOCK_NAME = "customer-insights:schema_migrations"
+APPLICATION_NAME = "customer-insights-migrations"
+
+# The headers of the files `new` creates.
+UP_HEADER = """\
+-- {filename}: {title}
+--
+-- Runs in one transaction with its record in public.schema_migrations (all or nothing).
+-- For statements that cannot run in a transaction (CREATE INDEX CONCURRENTLY, ...) put
+-- `-- migrate:no-transaction` on a line of this header; then each statement runs on its own.
+-- Never edit this file once it has been applied anywhere: add a new migration instead.
+
+"""
+
+DOWN_HEADER = """\
+-- {filename}: reverts {up_filename}
+--
+-- Runs by `python -m infra.migrate down` / when the migration's Pulumi resource is deleted.
+-- Delete this file if the migration cannot be reverted.
+
+"""
 
 
 def _say(message: str) -> None:
@@ -109,7 +137,7 @@ def _migrator(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Migr
     if not url:
         parser.error("no database: pass --database-url or set DATABASE_URL")
     return Migrator(
-        url, lock_timeout=args.lock_timeout, log=_say,
+        url, lock_timeout=args.lock_timeout, log=_say, application_name=APPLICATION_NAME, lock_name=LOCK_NAME,
         allow_out_of_order=bool(getattr(args, "allow_out_of_order", False)),
     )
 
@@ -261,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown command {args.command!r}")
     except MigrationsError as e:
         print(f"error: {_fix(e)}", file=sys.stderr, flush=True)
+        if isinstance(e, MigrationFailedError):
+            print("(`python -m infra.migrate status` shows what is recorded.)", file=sys.stderr, flush=True)
         return EXIT_ERROR
     except (psycopg.Error, OSError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

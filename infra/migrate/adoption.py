@@ -28,9 +28,10 @@ from psycopg import sql
 from . import catalog, tracking
 from .errors import MigrationsError
 from .files import MigrationFile
-from .locking import migration_lock
-from .runner import Migrator
+from .locking import DEFAULT_LOCK_NAME, migration_lock
+from .runner import DEFAULT_APPLICATION_NAME, Migrator
 from .scratch import ScratchServer, scratch_database
+from .session import CONNECT_TIMEOUT
 
 TOOLS = ("knex", "flyway", "dbmate", "golang-migrate")
 # Each tool's history tables in `public` (left out of the schema comparison).
@@ -101,12 +102,12 @@ class AdoptionPlan:
                 f"pending: {', '.join(m.version for m in self.pending) or 'none'}")
 
 
-def _read_only(conninfo: str) -> psycopg.Connection[Any]:
+def _read_only(conninfo: str, application_name: str) -> psycopg.Connection[Any]:
     """A session that can only read, each statement bounded, so verifying a production database is safe."""
     options = f"-c default_transaction_read_only=on -c statement_timeout={READ_TIMEOUT_MS} -c lock_timeout=2000"
     try:
-        return psycopg.connect(conninfo, autocommit=True, connect_timeout=10, options=options,
-                               application_name="customer-insights-adoption")
+        return psycopg.connect(conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT, options=options,
+                               application_name=application_name)
     except psycopg.Error as e:
         raise MigrationsError(f"cannot connect to the database to adopt: {str(e).strip()}") from e
 
@@ -204,9 +205,10 @@ def managed_by_this_runner(conn: psycopg.Connection[Any]) -> bool:
     return "checksum" in (_columns(conn, tracking.TABLE) or {})
 
 
-def read_plan(target: str, files: Sequence[MigrationFile], tool: str) -> AdoptionPlan:
+def read_plan(target: str, files: Sequence[MigrationFile], tool: str, *,
+              application_name: str = DEFAULT_APPLICATION_NAME) -> AdoptionPlan:
     """The other tool's history on `target`, matched to `files` (read-only)."""
-    with _read_only(target) as conn:
+    with _read_only(target, application_name) as conn:
         if managed_by_this_runner(conn):
             raise AdoptionError("This database is already managed by this migration runner "
                                 "(public.schema_migrations is its tracking table).", ["nothing to adopt"],
@@ -215,25 +217,26 @@ def read_plan(target: str, files: Sequence[MigrationFile], tool: str) -> Adoptio
 
 
 def compare(plan: AdoptionPlan, target: str, *, scratch: ScratchServer, owner: str,
-            log: Log | None = None) -> list[catalog.Difference]:
+            log: Log | None = None, application_name: str = DEFAULT_APPLICATION_NAME) -> list[catalog.Difference]:
     """The differences between the schema `plan.matched` makes (applied to an empty scratch database) and
     the target's (read-only)."""
     say = log or (lambda _m: None)
     with scratch_database(scratch, schema_from=None, owner=owner, log=say) as scratch_db:
-        Migrator(scratch_db, log=say, application_name="customer-insights-adoption").apply_all(plan.matched)
+        Migrator(scratch_db, log=say, application_name=application_name).apply_all(plan.matched)
         with psycopg.connect(scratch_db, autocommit=True) as conn:
             expected = catalog.snapshot(conn, ignore_tables=[tracking.TABLE])
-    with _read_only(target) as conn:
+    with _read_only(target, application_name) as conn:
         live = catalog.snapshot(conn, ignore_tables=[*plan.history_tables, tracking.TABLE])
     return catalog.diff(expected, live)
 
 
 def verify(plan: AdoptionPlan, target: str, *, scratch: ScratchServer, owner: str, accept: Iterable[str] = (),
-           ways_out: Sequence[str] = (), log: Log | None = None) -> list[catalog.Difference]:
+           ways_out: Sequence[str] = (), log: Log | None = None,
+           application_name: str = DEFAULT_APPLICATION_NAME) -> list[catalog.Difference]:
     """SchemaDifferencesError listing every difference not in `accept` (and every accepted id that does not
     occur); else the accepted differences."""
     accepted = set(accept)
-    differences = compare(plan, target, scratch=scratch, owner=owner, log=log)
+    differences = compare(plan, target, scratch=scratch, owner=owner, log=log, application_name=application_name)
     refused = [d for d in differences if d.id not in accepted]
     stale = sorted(accepted - {d.id for d in differences})
     if refused or stale:
@@ -241,29 +244,31 @@ def verify(plan: AdoptionPlan, target: str, *, scratch: ScratchServer, owner: st
     return differences
 
 
-def tables(target: str, plan: AdoptionPlan) -> list[str]:
+def tables(target: str, plan: AdoptionPlan, *, application_name: str = DEFAULT_APPLICATION_NAME) -> list[str]:
     """The tables of schema public, the history tables aside (what the other tool made)."""
-    with _read_only(target) as conn:
+    with _read_only(target, application_name) as conn:
         rows = conn.execute(
             "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p') "
             "AND NOT relname = ANY(%s) ORDER BY 1", ([*plan.history_tables, tracking.TABLE],)).fetchall()
     return [r[0] for r in rows]
 
 
-def record(plan: AdoptionPlan, target: str, *, log: Log | None = None) -> list[str]:
-    """Record `plan.matched` as applied, running none of them, under the migration lock, in one transaction.
+def record(plan: AdoptionPlan, target: str, *, log: Log | None = None, lock_name: str = DEFAULT_LOCK_NAME,
+           application_name: str = DEFAULT_APPLICATION_NAME) -> list[str]:
+    """Record `plan.matched` as applied, running none of them, under the migration lock `lock_name` (the
+    one the migrators of `target` take), in one transaction.
 
     dbmate's and golang-migrate's table is moved aside first (renamed, rows untouched): it has the tracking
     table's name. Returns the versions newly recorded (already recorded ones are kept as they are)."""
     say = log or (lambda _m: None)
     try:
-        conn = psycopg.connect(target, autocommit=True, connect_timeout=10,
-                               application_name="customer-insights-adoption")
+        conn = psycopg.connect(target, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                               application_name=application_name)
     except psycopg.Error as e:
         raise MigrationsError(f"cannot connect to the database to adopt: {str(e).strip()}") from e
     recorded: list[str] = []
     try:
-        with conn, migration_lock(conn, 60.0, say), conn.transaction():
+        with conn, migration_lock(conn, 60.0, say, name=lock_name), conn.transaction():
             conn.execute("SET LOCAL lock_timeout = '5s'")
             current = _columns(conn, tracking.TABLE)
             if plan.tool in ("dbmate", "golang-migrate") and current is not None and "checksum" not in current:

@@ -1,8 +1,8 @@
 """Exceptions of the migration library.
 
 Every error raised on purpose is a `MigrationsError`; its `str()` is written for the person who has to
-fix the problem (which file, which line, what PostgreSQL said, what to do next), so callers (the CLI,
-the Pulumi dynamic providers) can show it as is, without a traceback.
+fix the problem (which file, which line, what PostgreSQL said, what to do next), so callers (a command
+line, a deployment tool) can show it as is, without a traceback.
 """
 
 from __future__ import annotations

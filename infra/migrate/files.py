@@ -32,24 +32,6 @@ _NAME_RE = re.compile(rf"^{_NAME}$")
 _FILE_RE = re.compile(rf"^(?P<version>\d{{3,}})_(?P<name>{_NAME})(?P<down>\.down)?\.sql$")
 _MARKER_RE = re.compile(r"^--\s*migrate:no-transaction\s*$", re.IGNORECASE)
 
-UP_HEADER = """\
--- {filename}: {title}
---
--- Runs in one transaction with its record in public.schema_migrations (all or nothing).
--- For statements that cannot run in a transaction (CREATE INDEX CONCURRENTLY, ...) put
--- `-- migrate:no-transaction` on a line of this header; then each statement runs on its own.
--- Never edit this file once it has been applied anywhere: add a new migration instead.
-
-"""
-
-DOWN_HEADER = """\
--- {filename}: reverts {up_filename}
---
--- Runs by `python -m infra.migrate down` / when the migration's Pulumi resource is deleted.
--- Delete this file if the migration cannot be reverted.
-
-"""
-
 
 @dataclass(frozen=True)
 class MigrationFile:

@@ -1,16 +1,15 @@
-"""The migration lock: a session-level PostgreSQL advisory lock on one fixed 64-bit key.
+"""The migration lock: a session-level PostgreSQL advisory lock on a 64-bit key derived from a name.
 
-    LOCK_NAME = "customer-insights:schema_migrations"
-    LOCK_KEY  = first 8 bytes of sha256(LOCK_NAME), big-endian, signed
-              = -4344450105921422089   (0xc3b569a584253cf7)
+    key = lock_key(name) = first 8 bytes of sha256(name), big-endian, signed
 
-In `pg_locks` it shows as locktype 'advisory', classid 3283446181, objid 2217032951, objsubid 1
-(advisory locks are per database: migrators of different databases do not exclude each other).
-To see who holds it:
+Migrators given the same lock name (`Migrator(lock_name=...)`, default `DEFAULT_LOCK_NAME`) exclude
+each other; advisory locks are per database, so migrators of different databases never do.
+In `pg_locks` it shows as locktype 'advisory', classid = key >> 32, objid = key & 0xFFFFFFFF
+(both unsigned), objsubid 1. To see who holds it:
 
     SELECT a.pid, a.application_name, a.usename, a.state, a.backend_start
     FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-    WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 3283446181 AND l.objid = 2217032951
+    WHERE l.locktype = 'advisory' AND l.granted AND l.classid = <classid> AND l.objid = <objid>
       AND l.objsubid = 1 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database());
 
 It is taken with `pg_try_advisory_lock` in a loop (sleeping with backoff until the timeout) rather than
@@ -32,17 +31,19 @@ from psycopg.rows import dict_row
 
 from .errors import LockTimeoutError
 
-LOCK_NAME = "customer-insights:schema_migrations"
-LOCK_KEY = int.from_bytes(hashlib.sha256(LOCK_NAME.encode()).digest()[:8], "big", signed=True)
-_CLASSID = (LOCK_KEY >> 32) & 0xFFFFFFFF
-_OBJID = LOCK_KEY & 0xFFFFFFFF
+DEFAULT_LOCK_NAME = "schema_migrations"
 
 _INITIAL_SLEEP = 0.05
 _MAX_SLEEP = 1.0
 
 
-def lock_holders(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-    """The sessions holding the migration lock in the current database (normally zero or one)."""
+def lock_key(name: str) -> int:
+    """The advisory lock key of the lock name `name`."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def lock_holders(conn: psycopg.Connection[Any], key: int) -> list[dict[str, Any]]:
+    """The sessions holding the advisory lock `key` in the current database (normally zero or one)."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             "SELECT a.pid, a.application_name, a.usename, a.client_addr::text AS client_addr, a.state, "
@@ -51,7 +52,7 @@ def lock_holders(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
             "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s::oid AND l.objid = %s::oid "
             "AND l.objsubid = 1 "
             "AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())",
-            (_CLASSID, _OBJID),
+            ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
         )
         return list(cur.fetchall())
 
@@ -70,13 +71,13 @@ def describe_holders(holders: list[dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
-def try_lock(conn: psycopg.Connection[Any]) -> bool:
-    row = conn.execute("SELECT pg_catalog.pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
+def try_lock(conn: psycopg.Connection[Any], key: int) -> bool:
+    row = conn.execute("SELECT pg_catalog.pg_try_advisory_lock(%s)", (key,)).fetchone()
     return bool(row and row[0])
 
 
-def unlock(conn: psycopg.Connection[Any]) -> None:
-    conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (LOCK_KEY,))
+def unlock(conn: psycopg.Connection[Any], key: int) -> None:
+    conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (key,))
 
 
 @contextmanager
@@ -85,21 +86,24 @@ def migration_lock(
     timeout: float,
     log: Callable[[str], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    *,
+    name: str = DEFAULT_LOCK_NAME,
 ) -> Iterator[None]:
-    """Hold the migration lock on `conn` (an autocommit connection) for the duration of the block.
+    """Hold the migration lock `name` on `conn` (an autocommit connection) for the duration of the block.
 
     Raises LockTimeoutError, naming the holder, if the lock is not free within `timeout` seconds."""
     started = time.monotonic()
     deadline = started + max(timeout, 0.0)
     delay = _INITIAL_SLEEP
     announced = False
-    while not try_lock(conn):
+    key = lock_key(name)
+    while not try_lock(conn, key):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            holders = lock_holders(conn)
+            holders = lock_holders(conn, key)
             waited = time.monotonic() - started
             raise LockTimeoutError(
-                f"could not get the migration lock (advisory lock {LOCK_KEY}, '{LOCK_NAME}') within "
+                f"could not get the migration lock (advisory lock {key}, '{name}') within "
                 f"{timeout:g} s: it is held by {describe_holders(holders)}. Another migration run is "
                 "probably in progress (its application_name says which tool): wait for it and "
                 "retry. If that session is stuck, end it with SELECT pg_terminate_backend(<pid>).",
@@ -107,7 +111,7 @@ def migration_lock(
                 waited=waited,
             )
         if not announced and log is not None:
-            log(f"waiting for the migration lock, held by {describe_holders(lock_holders(conn))}")
+            log(f"waiting for the migration lock, held by {describe_holders(lock_holders(conn, key))}")
             announced = True
         sleep(min(delay, remaining))
         delay = min(delay * 2, _MAX_SLEEP)
@@ -118,6 +122,6 @@ def migration_lock(
             try:
                 if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                     conn.execute("ROLLBACK")
-                unlock(conn)
+                unlock(conn, key)
             except psycopg.Error:
                 conn.close()  # the session's end releases the lock

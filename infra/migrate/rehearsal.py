@@ -35,13 +35,12 @@ from psycopg import sql
 from .errors import MigrationFailedError, MigrationFileError, MigrationsError, excerpt
 from .files import NO_TRANSACTION_MARKER, MigrationFile, validate_script
 from .scratch import _scrub
-from .session import StatementLimits, session_setup
+from .session import CONNECT_TIMEOUT, StatementLimits, session_setup
 from .statements import Statement, transaction_control
 
 Log = Callable[[str], None]
 
 APPLICATION_NAME = "migration-rehearsal"
-CONNECT_TIMEOUT = 10
 READ_LOCK_TIMEOUT_MS = 1000  # a read of the target never queues long behind a lock
 COUNT_UNANALYSED_MAX_BYTES = 64 * 1024 * 1024  # a never-analysed table this small is counted exactly
 SNAPSHOT_RELEASE_AFTER_S = 30.0  # an autocommit statement that never waits still gets its snapshot released

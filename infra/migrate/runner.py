@@ -2,10 +2,11 @@
 
 Every public method opens its own connection (autocommit, `application_name`, `connect_timeout`),
 and every method that writes holds the migration advisory lock (see `locking`) for its whole duration,
-so two migrators (two `pulumi up`, or `pulumi up` and the CLI) never interleave and never apply a
-migration twice: under the lock the record is read again, and an already recorded migration with the
-same checksum is adopted instead of run. Instances keep only plain values (picklable by Pulumi's
-dynamic providers); nothing connects at import or construction time.
+so two migrators of one database under the same lock name (two deployments, or a deployment and a
+command line) never interleave and never apply a migration twice: under the lock the record is read
+again, and an already recorded migration with the same checksum is adopted instead of run. Instances
+keep only plain values (picklable, for callers that run them in another process); nothing connects at
+import or construction time.
 
 Every file runs under `StatementLimits` (see `session`): a lock timeout set before its first
 statement, and, when a statement fails with lock_not_available (55P03), the file is tried again after a
@@ -44,8 +45,9 @@ from .errors import (
     RenamedMigrationError,
 )
 from .files import NO_TRANSACTION_MARKER, MigrationFile, validate_script
-from .locking import migration_lock
+from .locking import DEFAULT_LOCK_NAME, migration_lock
 from .session import (
+    CONNECT_TIMEOUT,
     LOCK_NOT_AVAILABLE,
     StatementLimits,
     concurrent_index_name,
@@ -56,7 +58,7 @@ from .session import (
 from .statements import Statement
 from .tracking import AppliedMigration, highest_of, version_number
 
-DEFAULT_CONNECT_TIMEOUT = 10  # seconds, unless the conninfo or PGCONNECT_TIMEOUT says otherwise
+DEFAULT_APPLICATION_NAME = "migrations"
 
 _NOT_IN_TRANSACTION_HINT = (
     f"this statement cannot run inside a transaction: put `{NO_TRANSACTION_MARKER}` in the file's "
@@ -80,7 +82,8 @@ class Migrator:
         *,
         lock_timeout: float = 60.0,
         log: Callable[[str], None] | None = None,
-        application_name: str = "customer-insights-migrations",
+        application_name: str = DEFAULT_APPLICATION_NAME,
+        lock_name: str = DEFAULT_LOCK_NAME,
         allow_out_of_order: bool = False,
         limits: StatementLimits | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -89,14 +92,16 @@ class Migrator:
         self.allow_out_of_order = allow_out_of_order
         self.lock_timeout = lock_timeout  # the migration advisory lock's wait (seconds), see `locking`
         self.log = log
-        self.application_name = application_name
+        self.application_name = application_name  # of every session, as pg_stat_activity shows it
+        self.lock_name = lock_name  # migrators with the same lock name never interleave, see `locking`
         self.limits = limits if limits is not None else StatementLimits()
         self.sleep = sleep
 
     def __repr__(self) -> str:  # never show the conninfo: it may carry a password
         return (
-            f"Migrator(application_name={self.application_name!r}, lock_timeout={self.lock_timeout!r}, "
-            f"allow_out_of_order={self.allow_out_of_order!r}, limits={self.limits!r})"
+            f"Migrator(application_name={self.application_name!r}, lock_name={self.lock_name!r}, "
+            f"lock_timeout={self.lock_timeout!r}, allow_out_of_order={self.allow_out_of_order!r}, "
+            f"limits={self.limits!r})"
         )
 
     # ---------------------------------------------------------------- connections
@@ -112,7 +117,7 @@ class Migrator:
         except psycopg.ProgrammingError as e:
             raise MigrationsError(f"invalid database connection string: {e}") from e
         if "connect_timeout" not in given and not os.environ.get("PGCONNECT_TIMEOUT"):
-            params["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
+            params["connect_timeout"] = CONNECT_TIMEOUT
         try:
             return psycopg.connect(self.conninfo, autocommit=True, prepare_threshold=None, **params)
         except psycopg.Error as e:
@@ -123,7 +128,7 @@ class Migrator:
         conn = self._connect()
         try:
             if locked:
-                with migration_lock(conn, self.lock_timeout, self._say):
+                with migration_lock(conn, self.lock_timeout, self._say, name=self.lock_name):
                     yield conn
             else:
                 yield conn
@@ -147,15 +152,6 @@ class Migrator:
         if record is not None:
             _same_checksum(m, record)
         return record
-
-    def check_order(self, m: MigrationFile) -> None:
-        """What `apply(m)` would refuse for its order, checked without the lock and without writing:
-        OutOfOrderMigrationError if `m` is not applied and a higher version is (unless allowed)."""
-        if self.allow_out_of_order:
-            return
-        with self._session(locked=False) as conn:
-            if tracking.fetch(conn, m.version) is None:
-                check_order(m, tracking.highest(conn))
 
     # ---------------------------------------------------------------- writing
 
@@ -408,7 +404,7 @@ class Migrator:
             if phase == "COMMIT" and (conn.closed or e.sqlstate is None):
                 note = (
                     "the connection failed while committing: the outcome is UNKNOWN. Look at "
-                    "public.schema_migrations (`python -m infra.migrate status`): if the migration is "
+                    "public.schema_migrations: if the migration is "
                     "recorded it was applied (applying it again adopts it); if not, nothing of it was applied"
                 )
             statement = (

@@ -31,6 +31,7 @@ from psycopg import conninfo as pg_conninfo
 from psycopg import sql
 
 from .errors import MigrationsError
+from .session import CONNECT_TIMEOUT
 
 Log = Callable[[str], None]
 
@@ -38,7 +39,6 @@ DB_PREFIX = "rehearsal_"
 SWEEP_AGE_SECONDS = 3600  # a scratch database this old belongs to a process that was killed
 DUMP_TIMEOUT_SECONDS = 120  # pg_dump and pg_restore each; a schema dump is catalog reads
 LOCK_WAIT_TIMEOUT_MS = 5000  # pg_dump's wait for ACCESS SHARE on each table of the target
-CONNECT_TIMEOUT = 10
 STARTUP_TIMEOUT_SECONDS = 90.0
 CONTAINER_LABEL = "infra.migrate.scratch"
 

@@ -23,6 +23,11 @@ from sqlparse import tokens as T
 
 from .statements import Statement
 
+# Every connection's bound on reaching the server (unless the conninfo or PGCONNECT_TIMEOUT says
+# otherwise): a server that is up answers within a second even across a slow link, so after 10 s an
+# unreachable host (a firewall dropping packets) fails the run instead of hanging it.
+CONNECT_TIMEOUT = 10  # seconds
+
 LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE lock_not_available: lock_timeout expired (or NOWAIT)
 
 

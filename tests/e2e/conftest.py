@@ -11,6 +11,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -19,6 +20,7 @@ from pulumi import automation as auto
 
 from devsupport.local_postgres import ServerAddress
 from devsupport.versions import pulumi_bin_dir
+from infra.connection import Connection
 from scripts.stack import missing_plugins, workspace_env
 from tests.e2e.processes import describe, reap, wait_for_pulumi_to_exit
 
@@ -139,6 +141,12 @@ def clean_up_stack(stack: auto.Stack) -> list[str]:
             print(f"cleanup: removed by label/name instead: {', '.join(removed) or 'nothing'}", file=sys.stderr)
     stack.workspace.remove_stack(stack.name, force=True)
     return removed
+
+
+def program_connection(plain: dict[str, Any]) -> Connection:
+    """The `Connection` a test program passes for a database described as a plain dict (wire keys)."""
+    return Connection(host=plain["host"], port=plain["port"], database=plain["dbname"], user=plain["user"],
+                      password=plain["password"], sslmode=plain.get("sslmode") or "prefer")
 
 
 def assert_not_in_state(backend: Path, *secrets: str) -> None:

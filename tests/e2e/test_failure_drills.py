@@ -31,8 +31,7 @@ from pulumi import automation as auto
 
 from devsupport.local_postgres import LocalPostgres, ServerAddress, free_port
 from devsupport.versions import pulumi_bin_dir
-from infra.migrate import load_migrations
-from infra.preflight import CONNECT_TIMEOUT
+from infra.migrate import CONNECT_TIMEOUT, load_migrations
 from tests.e2e.conftest import assert_not_in_state
 from tests.e2e.drill_runner import RESULT
 from tests.e2e.processes import cmdline, describe, reap, session_members

@@ -15,9 +15,9 @@ from pulumi import automation as auto
 
 from infra import config as stack_config
 from infra.components.migrations import Migrations, MigrationsArgs
-from infra.connection import Connection
 from infra.migrate import Checkpoint, CheckpointEntry, load_migrations, write_checkpoint
 from infra.migrate.__main__ import main as migrate_cli
+from tests.e2e.conftest import program_connection
 from tests.e2e.test_migrations_engine import dsn, recorded, tables
 
 pytestmark = pytest.mark.e2e
@@ -32,7 +32,7 @@ def program_for(directory: Path, connection: dict[str, Any]):
         namespace = pulumi.get_project()
         files = load_migrations(directory)
         chain = Migrations("schema", MigrationsArgs(
-            migrations=files, directory=str(directory), connection=Connection.from_inputs(connection),
+            migrations=files, directory=str(directory), connection=program_connection(connection),
             fixes=stack_config.migration_fixes(namespace),
             checkpoint=stack_config.checked_checkpoint(directory, files, namespace)))
         pulumi.export("versions", chain.versions)

@@ -15,8 +15,7 @@ from pulumi import automation as auto
 
 from infra import config as stack_config
 from infra.components.migrations import Migrations, MigrationsArgs
-from infra.connection import Connection
-from tests.e2e.conftest import PROJECT
+from tests.e2e.conftest import PROJECT, program_connection
 from tests.e2e.test_migrations_engine import recorded, tables
 
 pytestmark = pytest.mark.e2e
@@ -28,7 +27,7 @@ def configured_program(connection: dict[str, Any]):
         directory = Path(cfg.migrations.directory)
         chain = Migrations("schema", MigrationsArgs(
             migrations=stack_config.checked_migrations(directory, cfg.migrations, pulumi.get_project()),
-            directory=str(directory), connection=Connection.from_inputs(connection),
+            directory=str(directory), connection=program_connection(connection),
             accept_checksums=cfg.migrations.accept_checksums,
             keep_data_on_destroy=cfg.keep_data_on_destroy,
             allow_out_of_order=cfg.migrations.allow_out_of_order,

@@ -12,9 +12,8 @@ from pulumi import automation as auto
 
 from infra.components.migrations import Migrations, MigrationsArgs
 from infra.config import migration_fixes
-from infra.connection import Connection
 from infra.migrate import Migrator, load_migrations
-from tests.e2e.conftest import PROJECT, assert_not_in_state
+from tests.e2e.conftest import PROJECT, assert_not_in_state, program_connection
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +24,7 @@ def migrations_program(directory: Path, connection: dict[str, Any], *, accept: f
                        keep_data: bool = False):
     def program() -> None:
         chain = Migrations("schema", MigrationsArgs(migrations=load_migrations(directory), directory=str(directory),
-                                                    connection=Connection.from_inputs(connection),
+                                                    connection=program_connection(connection),
                                                     accept_checksums=accept, keep_data_on_destroy=keep_data,
                                                     fixes=migration_fixes(pulumi.get_project())))
         pulumi.export("versions", chain.versions)

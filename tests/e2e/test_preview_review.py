@@ -28,7 +28,6 @@ from pulumi import automation as auto
 from devsupport.local_postgres import ServerAddress
 from infra.components.migrations import Migrations, MigrationsArgs
 from infra.config import migration_fixes
-from infra.connection import Connection
 from infra.dynamic import cron_job as cron_job_module
 from infra.dynamic import migration as migration_module
 from infra.dynamic.base import GENERIC_DYNAMIC_TYPE
@@ -37,7 +36,7 @@ from infra.dynamic.migration import Migration
 from infra.migrate import load_migrations
 from scripts import preview_comment
 from scripts.stack import workspace_env
-from tests.e2e.conftest import PASSPHRASE, StackFactory
+from tests.e2e.conftest import PASSPHRASE, StackFactory, program_connection
 
 pytestmark = pytest.mark.e2e
 
@@ -86,9 +85,9 @@ def chain_and_job(directory: Path, connection: dict[str, Any], cron: dict[str, A
     def program() -> None:
         with generic_types() if old_types else contextlib.nullcontext():
             chain = Migrations("schema", MigrationsArgs(migrations=load_migrations(directory), directory=str(directory),
-                                                        connection=Connection.from_inputs(connection),
+                                                        connection=program_connection(connection),
                                                         fixes=migration_fixes("customer-insights-db")))
-            CronJob("nightly", connection=Connection.from_inputs(cron),
+            CronJob("nightly", connection=program_connection(cron),
                     job_name=job_name, schedule=schedule, command="SELECT 1", database=connection["dbname"],
                     run_as=connection["user"], active=True, opts=pulumi.ResourceOptions(depends_on=[chain]))
     return program

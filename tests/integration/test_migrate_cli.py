@@ -151,6 +151,7 @@ def test_up_stops_at_the_first_failure_with_a_message_and_no_traceback(fresh_db:
         'error: 003_broken.sql, line 3: syntax error at or near "FROM"\n  statement: SELECT FROM FROM;'
     )
     assert "nothing of it was applied" in result.stderr
+    assert result.stderr.endswith("(`python -m infra.migrate status` shows what is recorded.)\n")
     assert tracked(fresh_db) == ["001", "002"]
     assert not table_exists(fresh_db, "broken") and not table_exists(fresh_db, "after_broken")
     status = cli("status", "--dir", str(tmp_path), database_url=fresh_db)

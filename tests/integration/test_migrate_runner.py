@@ -16,8 +16,7 @@ import psycopg
 import pytest
 
 from infra.migrate import (
-    LOCK_KEY,
-    LOCK_NAME,
+    DEFAULT_LOCK_NAME,
     AppliedMigration,
     ChecksumMismatchError,
     LockTimeoutError,
@@ -28,13 +27,18 @@ from infra.migrate import (
     Migrator,
     OutOfOrderMigrationError,
     RenamedMigrationError,
+    check_order,
     checksum_of,
+    highest_of,
     load_migrations,
+    lock_key,
 )
+from infra.migrate.__main__ import LOCK_NAME as CLI_LOCK_NAME
 
 pytestmark = pytest.mark.integration
 
 REPO_SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+LOCK_KEY = lock_key(DEFAULT_LOCK_NAME)  # the lock of a Migrator built without a lock_name
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -63,13 +67,20 @@ def tracked_versions(dsn: str) -> list[str]:
     return [r[0] for r in query(dsn, "SELECT version FROM public.schema_migrations ORDER BY version")]
 
 
-def lock_is_free(dsn: str) -> bool:
+def lock_is_free(dsn: str, key: int = LOCK_KEY) -> bool:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
         assert row is not None
         if row[0]:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
         return bool(row[0])
+
+
+def preview_order_check(migrator: Migrator, m: MigrationFile) -> None:
+    """What a preview checks for `m`'s order (as the Migration provider does): read-only, no lock."""
+    applied = migrator.applied()
+    if not migrator.allow_out_of_order and m.version not in applied:
+        check_order(m, highest_of(applied.values()))
 
 
 class Log(list[str]):
@@ -167,7 +178,7 @@ def test_apply_in_order_records_each_migration(fresh_db: str, tmp_path: Path) ->
     assert applied["002"].duration_ms >= 250
     assert applied["001"].duration_ms < applied["002"].duration_ms
     assert query(fresh_db, "SELECT app, usr, modulo FROM who") == [
-        ("customer-insights-migrations", "postgres", 2)
+        ("migrations", "postgres", 2)
     ]
     assert query(fresh_db, "SELECT id, name FROM organizations") == [(1, "acme")]
 
@@ -224,15 +235,15 @@ def test_a_file_added_below_the_highest_applied_version_is_refused_unless_allowe
     with pytest.raises(OutOfOrderMigrationError):  # file by file too, under the lock
         strict.apply(late)
     with pytest.raises(OutOfOrderMigrationError):  # and read-only, as a preview asks
-        strict.check_order(late)
-    strict.check_order(later)
+        preview_order_check(strict, late)
+    preview_order_check(strict, later)
     assert tracked_versions(fresh_db) == ["001", "010"]
     assert not table_exists(fresh_db, "c") and not table_exists(fresh_db, "d")
     assert lock_is_free(fresh_db)
 
     log = Log()
     lenient = Migrator(fresh_db, log=log, allow_out_of_order=True)
-    lenient.check_order(late)
+    preview_order_check(lenient, late)
     done = lenient.apply_all([late, later])
     assert [(r.version, adopted) for r, adopted in done] == [("002", False), ("011", False)]
     assert "002_c.sql: applied out of order (after 010), as allowed" in log
@@ -240,14 +251,14 @@ def test_a_file_added_below_the_highest_applied_version_is_refused_unless_allowe
 
     # Once applied it is history like any other: the strict migrator adopts it, refuses nothing.
     assert strict.apply(late)[1] is True
-    strict.check_order(late)
+    preview_order_check(strict, late)
     assert strict.apply_all(load_migrations(tmp_path)) == []
 
 
 def test_order_ignores_tracking_rows_written_by_hand_with_other_versions(fresh_db: str, tmp_path: Path) -> None:
     write(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);"})
     migrator = Migrator(fresh_db)
-    migrator.check_order(load_migrations(tmp_path)[0])  # no tracking table yet: nothing is applied
+    preview_order_check(migrator, load_migrations(tmp_path)[0])  # no tracking table yet: nothing is applied
     assert not table_exists(fresh_db, "public.schema_migrations")  # and checking created none
     migrator.apply_all(load_migrations(tmp_path))
     query(fresh_db, "INSERT INTO schema_migrations (version, name, checksum, duration_ms) "
@@ -682,9 +693,11 @@ def test_lock_timeout_names_the_holder(fresh_db: str, tmp_path: Path) -> None:
 def test_lock_key_is_the_documented_one(fresh_db: str, tmp_path: Path) -> None:
     import hashlib
 
-    assert LOCK_NAME == "customer-insights:schema_migrations"
-    assert int.from_bytes(hashlib.sha256(LOCK_NAME.encode()).digest()[:8], "big", signed=True) == LOCK_KEY
-    assert LOCK_KEY == -4344450105921422089
+    # The CLI's lock, which the program's Migration provider takes too (tests/unit/test_migrator_names.py).
+    assert CLI_LOCK_NAME == "customer-insights:schema_migrations"
+    key = lock_key(CLI_LOCK_NAME)
+    assert int.from_bytes(hashlib.sha256(CLI_LOCK_NAME.encode()).digest()[:8], "big", signed=True) == key
+    assert key == -4344450105921422089
     # While a migration runs, pg_locks shows the documented classid/objid.
     (m,) = load_migrations(
         write(
@@ -697,8 +710,22 @@ def test_lock_key_is_the_documented_one(fresh_db: str, tmp_path: Path) -> None:
             },
         )
     )
-    Migrator(fresh_db).apply(m)
+    Migrator(fresh_db, lock_name=CLI_LOCK_NAME).apply(m)
     assert query(fresh_db, "SELECT classid, objid, objsubid FROM seen") == [(3283446181, 2217032951, 1)]
+    assert lock_is_free(fresh_db, key)
+
+
+def test_migrators_exclude_each_other_only_under_the_same_lock_name(fresh_db: str, tmp_path: Path) -> None:
+    (m,) = load_migrations(write(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);"}))
+    with psycopg.connect(fresh_db, autocommit=True, application_name="other-tool") as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (lock_key("other-tool:migrations"),))
+        with pytest.raises(LockTimeoutError) as exc:
+            Migrator(fresh_db, lock_timeout=0.3, lock_name="other-tool:migrations").apply(m)
+        assert f"(advisory lock {lock_key('other-tool:migrations')}, 'other-tool:migrations')" in str(exc.value)
+        assert "'other-tool'" in str(exc.value)
+        assert not table_exists(fresh_db, "a")
+        Migrator(fresh_db, lock_timeout=0.3).apply(m)  # another lock name: not held
+        assert table_exists(fresh_db, "a")
     assert lock_is_free(fresh_db)
 
 

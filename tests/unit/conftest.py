@@ -33,6 +33,6 @@ def container_host_preflight() -> Iterator[list[dict[str, Any]]]:
 @pytest.fixture
 def preflight(monkeypatch: pytest.MonkeyPatch) -> FakePreflight:
     """infra.preflight.check_external_server connects to the server: never for real here."""
-    fake = FakePreflight(ServerFacts(version="16.2", cron_database="cron_db"))
+    fake = FakePreflight(ServerFacts(cron_database="cron_db"))
     monkeypatch.setattr(infra.preflight, "check_external_server", fake)
     return fake

@@ -85,7 +85,6 @@ def test_the_provider_side_reads_the_inputs_back() -> None:
              "sslmode": "require"}
     params = psycopg.conninfo.conninfo_to_dict(conninfo(plain, application_name="probe"))
     assert params == {"host": "db.internal", "port": "6543", "dbname": "insights", "user": "ci_owner",
-                      "password": "pw", "sslmode": "require", "connect_timeout": "15", "application_name": "probe"}
+                      "password": "pw", "sslmode": "require", "connect_timeout": "10", "application_name": "probe"}
     assert database_of(plain) == ("db.internal", "6543", "insights")
     assert database_of({**plain, "dbname": rpc.UNKNOWN}) is None  # preview before the database exists
-    assert Connection.from_inputs(plain).database == "insights"
