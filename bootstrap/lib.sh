@@ -12,7 +12,7 @@ PLUGIN_BIN_DIR="$CACHE_ROOT/plugins"
 TOOLS_BIN_DIR="$CACHE_ROOT/tools/bin"
 BUILD_DIR="$CACHE_ROOT/build"
 STATUS_FILE="$CACHE_ROOT/toolchain-status"
-# Upstream sources of the binaries the Go module proxy does not serve (see README, "Where the
+# Upstream sources of the binaries the Go module proxy does not serve (see docs/toolchain.md, "Where the
 # binaries come from"). They sit beside the clone, read-only in CI.
 THIRD_PARTY_DIR=${CUSTOMER_INSIGHTS_THIRD_PARTY:-$REPO_DIR/../shared/third_party}
 

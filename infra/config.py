@@ -188,13 +188,13 @@ def migration_fixes(namespace: str) -> dict[str, str]:
     keys (the library and the Migration resource know none); `{version}` stands for the migration's."""
     return {
         "accept_checksum": f'add "{{version}}" to the stack config `{namespace}:acceptChecksums` and run '
-                           '`pulumi up` (see README, "Migrations")',
+                           '`pulumi up` (see docs/migrations.md, "Migrations")',
         "allow_out_of_order": f"set the stack config `{namespace}:allowOutOfOrder` to true "
                               "(`pulumi config set allowOutOfOrder true`), run `pulumi up`, then remove it "
                               "(`pulumi config rm allowOutOfOrder`)",
         "keep_data": f"`{namespace}:keepDataOnDestroy` is true",
         "lock_wait": f"allow a longer wait: raise `{namespace}:migrationLockTimeout` (ms per attempt) or "
-                     f"`{namespace}:migrationLockRetries` (see README, \"Failure drills\")",
+                     f"`{namespace}:migrationLockRetries` (see docs/operations.md, \"Failure drills\")",
     }
 
 
