@@ -172,7 +172,7 @@ def test_not_null_column_with_default_takes_access_exclusive_without_rewrite(loc
     assert size.rows == CUSTOMERS and size.heap_bytes and size.heap_bytes > 0
     line = st.human()
     assert line.startswith("line 1: ALTER TABLE customers ADD COLUMN notes text NOT NULL DEFAULT ''")
-    assert f"ACCESS EXCLUSIVE on public.customers ({CUSTOMERS:,} rows" in line
+    assert re.search(rf"ACCESS EXCLUSIVE on public.customers \(~?{CUSTOMERS:,} rows", line), line  # ~: an estimate
     assert "no rewrite" in line and "check: none" in line and "lock_timeout 5s" in line
 
 
