@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
@@ -85,6 +86,10 @@ class ServerAddress:
             password=password if password is not None else self.password,
             connect_timeout=CONNECT_TIMEOUT,
         )
+
+    def url(self, dbname: str = "postgres") -> str:
+        """The postgresql:// form (what the config's scratch URLs and node-postgres take)."""
+        return f"postgresql://{quote(self.user)}:{quote(self.password)}@{self.host}:{self.port}/{dbname}"
 
 
 class LocalPostgres:

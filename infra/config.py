@@ -43,7 +43,6 @@ MODES = ("container", "external")
 DEV_STACK = "dev"  # the one stack whose data is not protected by default (protectData)
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 DEFAULT_IMAGE = "customer-insights/postgres-cron:15"
-SCRATCH_URL_KEY = "rehearsalScratchUrl"
 # migrationLockTimeout: the application's queries queue behind a waiting ALTER for up to this long per
 # attempt (bench/README.md, "Migrations behind a blocker").
 DEFAULT_LOCK_TIMEOUT_MS = 2000
@@ -108,6 +107,7 @@ class ContainerServer:
     host_port: int
     bind_address: str
     superuser: str
+    docker_host: str | None = None  # docker:host, the engine's address; None: DOCKER_HOST or the default socket
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,16 @@ class CleanupJobSettings:
     batch_size: int
 
 
+@dataclass(frozen=True)
+class ScratchSettings:
+    """A throwaway server to apply migrations on (the rehearsal's, the adoption check's)."""
+
+    # The config key the program reads the server's superuser URL from as a secret (never kept here);
+    # None: a scratch database on the stack's own container, else a local container of `image`.
+    url_key: str | None
+    image: str
+
+
 ADOPT_TOOLS = ("knex", "flyway", "dbmate", "golang-migrate")
 
 
@@ -138,8 +148,7 @@ class AdoptionSettings:
 
     tool: str  # one of ADOPT_TOOLS
     accept: frozenset[str]  # adoptAccept: ids of schema differences accepted ("index customers_email_idx")
-    scratch_url_key: str | None  # adoptScratchUrl: a throwaway server's superuser URL (secret); None: a container
-    image: str  # the scratch container's image when there is no adoptScratchUrl
+    scratch: ScratchSettings  # adoptScratchUrl, adoptScratchImage: where the files are applied to compare
 
 
 @dataclass(frozen=True)
@@ -156,20 +165,26 @@ class MigrationSettings:
 class RehearsalSettings:
     # rehearseMigrations: `pulumi preview` runs each pending migration on a scratch copy of the schema.
     enabled: bool = True
-    # rehearsalScratchUrl: the config key the program reads the scratch server's URL from as a secret
-    # (never kept here); None: the stack's own container, or a local container of `image`.
-    scratch_url_key: str | None = None
     # rehearsalReadTimeout: the statement timeout of every read on the target during a preview.
     read_timeout_ms: int = 10000
-    # The image of a local scratch container (the stack's `image`, in either mode).
-    image: str = DEFAULT_IMAGE
+    # rehearsalScratchUrl; the local container's image is the stack's `image`, in either mode.
+    scratch: ScratchSettings = field(default_factory=lambda: ScratchSettings(url_key=None, image=DEFAULT_IMAGE))
 
 
-def _scratch_url_problem(value: str) -> str | None:
-    """What is wrong with a rehearsalScratchUrl, never quoting it (it carries a password)."""
-    how = (f"set it with `pulumi config set --secret {SCRATCH_URL_KEY} "
+def _scratch(r: _Reader, url_key: str, image: str) -> ScratchSettings:
+    """The scratch server of `url_key` if it is set (its URL checked, never quoted: it carries a password)."""
+    url = r.source.get(url_key)
+    if url in (None, ""):
+        return ScratchSettings(url_key=None, image=image)
+    if message := _scratch_url_problem(str(url), url_key):
+        r.problem(url_key, message)
+    return ScratchSettings(url_key=url_key, image=image)
+
+
+def _scratch_url_problem(value: str, key: str) -> str | None:
+    how = (f"set it with `pulumi config set --secret {key} "
            "postgresql://postgres:PASSWORD@HOST:PORT/postgres` (the superuser of a throwaway server), "
-           f"or remove it (`pulumi config rm {SCRATCH_URL_KEY}`) to rehearse on the default scratch server")
+           f"or remove it (`pulumi config rm {key}`) to use a local scratch container")
     if not value.startswith(("postgresql://", "postgres://")):
         return f"not a postgresql:// URL; {how}"
     try:
@@ -347,8 +362,10 @@ def _address_problem(value: str) -> str | None:
     return None
 
 
-def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
-    """Read and validate the whole configuration; raise ConfigError listing every problem."""
+def load(source: ConfigSource, namespace: str, stack: str = "", docker_host: str | None = None) -> StackConfig:
+    """Read and validate the whole configuration; raise ConfigError listing every problem.
+
+    `docker_host`: the docker provider's `docker:host` config, the engine a container stack runs on."""
     r = _Reader(source, namespace)
     port_hint = "use a TCP port between 1 and 65535"
 
@@ -400,6 +417,7 @@ def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
             host_port=r.integer("hostPort", 55432, 1, 65535, port_hint),
             bind_address=r.text("bindAddress", "127.0.0.1", check=_ip_problem if expose else _address_problem),
             superuser="postgres",
+            docker_host=docker_host,
         )
 
     try:
@@ -427,15 +445,12 @@ def load(source: ConfigSource, namespace: str, stack: str = "") -> StackConfig:
         batch_size=r.integer("cleanupBatchSize", 5000, 1, 1_000_000, "use 1 to 1000000 rows per batch"),
     )
 
-    scratch_url = source.get(SCRATCH_URL_KEY)
-    if scratch_url not in (None, "") and (message := _scratch_url_problem(str(scratch_url))):
-        r.problem(SCRATCH_URL_KEY, message)
     rehearsal = RehearsalSettings(
         enabled=r.boolean("rehearseMigrations", True),
-        scratch_url_key=SCRATCH_URL_KEY if scratch_url not in (None, "") else None,
         read_timeout_ms=r.integer("rehearsalReadTimeout", 10000, 100, 600_000,
                                   "the timeout of each read on the target, in milliseconds: 100 to 600000"),
-        image=server.image if isinstance(server, ContainerServer) else r.text("image", DEFAULT_IMAGE),
+        scratch=_scratch(r, "rehearsalScratchUrl",
+                         server.image if isinstance(server, ContainerServer) else r.text("image", DEFAULT_IMAGE)),
     )
 
     # Only the throwaway `dev` stack defaults to unprotected: a stack that forgets the key is safe.
@@ -502,8 +517,7 @@ def _adoption(r: _Reader, source: ConfigSource, mode: str) -> AdoptionSettings |
         r.problem("adoptAccept", "must be a list of difference ids as the refusal names them, e.g. "
                   "`pulumi config set --path 'adoptAccept[0]' 'index customers_email_idx'`")
         accept = []
-    scratch = r.text("adoptScratchUrl", "")
-    image = r.text("adoptScratchImage", "customer-insights/postgres-cron:15")
+    scratch = _scratch(r, "adoptScratchUrl", r.text("adoptScratchImage", DEFAULT_IMAGE))
     if not tool:
         if accept:
             r.problem("adoptAccept", "set only while adopting (adoptFrom); remove it: `pulumi config rm adoptAccept`")
@@ -511,8 +525,7 @@ def _adoption(r: _Reader, source: ConfigSource, mode: str) -> AdoptionSettings |
     if mode != "external":
         r.problem("adoptFrom", "adoption takes over a database on an existing server: set mode to external "
                   "(a container stack creates its own database)")
-    return AdoptionSettings(tool=tool, accept=frozenset(accept), scratch_url_key="adoptScratchUrl" if scratch else None,
-                            image=image)
+    return AdoptionSettings(tool=tool, accept=frozenset(accept), scratch=scratch)
 
 
 def _server_owned_names(r: _Reader, database: str, roles: RoleNames,

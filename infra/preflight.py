@@ -1,4 +1,5 @@
-"""Checks of an existing (managed) server, run by the program before it declares any resource.
+"""Checks of the server, run by the program before it declares any resource: the Docker engine and
+image of a container stack, the existing server of an external one, the database an adoption takes over.
 
 They make `pulumi preview` fail with a precise message, and `pulumi up` stop before it creates
 anything, when the server cannot host this stack.
@@ -6,37 +7,158 @@ anything, when the server cannot host this stack.
 
 from __future__ import annotations
 
+import errno
+import json
+import re
+import socket
+import subprocess
 from contextlib import ExitStack
 from dataclasses import dataclass
 
 import psycopg
 import pulumi
 
+from infra.config import AdoptionSettings, ContainerServer, ExternalServer
+from infra.docker_cli import DOCKER_TIMEOUT, run_docker
 from infra.dynamic.base import ADOPTION_APPLICATION_NAME
 from infra.migrate import CONNECT_TIMEOUT, MigrationFile, MigrationsError
 from infra.migrate import adoption as adopt
 from infra.migrate.scratch import existing_server, local_container
 
 MIN_SERVER_VERSION = 130000  # gen_random_uuid() is built in from PostgreSQL 13
+# The data directory on the volume, the migrations and pg_cron's build are PostgreSQL 15: another
+# minor of 15 is a container replacement, another major needs a data upgrade first.
+PG_MAJOR = "15"
+APPLICATION_NAME = "pulumi-preflight"
 
 
 class PreflightError(pulumi.RunError):
     """The server cannot host this stack. A RunError: Pulumi shows the message without a traceback."""
 
 
+# --------------------------------------------------------------------------------------------- container mode
+
+def _docker(docker_host: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+    try:
+        return run_docker(docker_host, *args)
+    except FileNotFoundError as exc:
+        raise PreflightError(
+            "The docker command is not installed: container mode needs the Docker engine and its CLI "
+            "(`bash bootstrap/bootstrap.sh` installs them). Nothing was changed."
+        ) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise PreflightError(
+            f"The Docker engine at {docker_host or 'the default socket'} did not answer `docker {args[0]}` within "
+            f"{DOCKER_TIMEOUT} s; check it with `docker info`. Nothing was changed."
+        ) from exc
+
+
+def check_container_host(*, server: ContainerServer, container: str) -> str:
+    """Before anything is declared: the Docker engine answers, the image is on it and runs PostgreSQL 15,
+    and the host port is free (or already published by this stack's own `container`). Returns the major.
+
+    Each failure is a PreflightError naming the problem and the fix, so `pulumi preview` fails and
+    `pulumi up` stops before anything changes (a container replaced by one that cannot start on the
+    volume's data would be an outage, not an error message).
+    """
+    image, docker_host = server.image, server.docker_host
+    where = docker_host or "the default socket (DOCKER_HOST unset)"
+    inspected = _docker(docker_host, "image", "inspect", "--format", "{{json .Config.Env}}", image)
+    if inspected.returncode != 0:
+        error = inspected.stderr.strip()
+        if "No such image" in error or "no such image" in error:
+            raise PreflightError(
+                f"The image {image!r} is not in the Docker engine at {where}. Build it "
+                "(`bash bootstrap/postgres-image/build.sh` builds customer-insights/postgres-cron:15), "
+                "`docker pull` it, or set `image` to one listed by `docker image ls`. Nothing was changed."
+            )
+        raise PreflightError(
+            f"Cannot use the Docker engine at {where}: {error}\nStart it (`bash bootstrap/docker-engine.sh`, "
+            "or `systemctl start docker`) or point DOCKER_HOST (or the docker:host config) at a running "
+            "engine; `docker info` must answer. Nothing was changed."
+        )
+    major = _image_major(docker_host, image, json.loads(inspected.stdout or "null") or [])
+    if major != PG_MAJOR:
+        raise PreflightError(
+            f"The image {image!r} runs PostgreSQL {major}, but this stack's data directory is PostgreSQL "
+            f"{PG_MAJOR}: the new server would not start on it. Changing the image only moves between minor "
+            f"versions of {PG_MAJOR}. A major upgrade moves the data: dump it (pg_dumpall from the running "
+            f"{PG_MAJOR} server), bring up a new stack on the new image and restore into it, or run "
+            "pg_upgrade on a copy of the volume. Nothing was changed."
+        )
+    # This stack's own container, if there is one: its state and the ports it publishes (one inspect).
+    own = _docker(docker_host, "container", "inspect", "--format",
+                  "{{.State.Status}} {{json .HostConfig.PortBindings}}", container)
+    status, _, port_bindings = own.stdout.strip().partition(" ") if own.returncode == 0 else ("", "", "")
+    _check_container_running(container, status)
+    _check_port_free(server.bind_address, server.host_port, port_bindings)
+    return major
+
+
+def _check_container_running(container: str, status: str) -> None:
+    """A stopped server is invisible to `pulumi up` (it compares with its state, not with Docker): the
+    migrations would report "unchanged" against a server that is down. Say so instead.
+    `status`: the container's state, "" when it does not exist."""
+    if status and status != "running":
+        raise PreflightError(
+            f"The server container {container} exists but is {status}, not running. Start it with "
+            f"`docker start {container}` (its data is on its volume), wait until `docker ps` shows it "
+            "healthy, then run `pulumi up` again. Nothing was changed."
+        )
+
+
+def _image_major(docker_host: str | None, image: str, env: list[str]) -> str:
+    """PG_MAJOR of the image's environment (the official images' convention, and ours), else what
+    `postgres --version` says inside it (a throwaway container without network)."""
+    for item in env:
+        if item.startswith("PG_MAJOR="):
+            return item.split("=", 1)[1]
+    ran = _docker(docker_host, "run", "--rm", "--network", "none", "--entrypoint", "postgres", image, "--version")
+    found = re.search(r"PostgreSQL\)? (\d+)", ran.stdout)
+    if ran.returncode != 0 or not found:
+        raise PreflightError(
+            f"Cannot tell which PostgreSQL the image {image!r} runs: it sets no PG_MAJOR and "
+            f"`postgres --version` in it failed: {(ran.stderr or ran.stdout).strip()}. Use an image built "
+            "from the official postgres:15 image or bootstrap/postgres-image. Nothing was changed."
+        )
+    return found.group(1)
+
+
+def _check_port_free(bind_address: str, host_port: int, own_port_bindings: str) -> None:
+    """`own_port_bindings`: the JSON of this stack's container's port bindings, "" without one."""
+    family = socket.AF_INET6 if ":" in bind_address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # Connections closed a moment ago (TIME_WAIT) do not hold the port; only a listener does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((bind_address, host_port))
+            return
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return  # not ours to judge (e.g. the address is on the engine's host only)
+    if f'"HostPort":"{host_port}"' in own_port_bindings.replace(" ", ""):
+        return  # this stack's own server holds it
+    raise PreflightError(
+        f"hostPort {host_port} on {bind_address} is already in use by another program or container "
+        f"(`ss -ltnp 'sport = :{host_port}'` or `docker ps --filter publish={host_port}` shows which). Free "
+        f"it, or choose another port: `pulumi config set hostPort <port>`. Nothing was changed."
+    )
+
+
+# ---------------------------------------------------------------------------------------------- external mode
+
 @dataclass(frozen=True)
 class ServerFacts:
     cron_database: str
 
 
-def check_external_server(
-    *, host: str, port: int, user: str, password: str, dbname: str, sslmode: str
-) -> ServerFacts:
-    where = f"{user}@{host}:{port}/{dbname}"
+def check_external_server(*, server: ExternalServer, password: str) -> ServerFacts:
+    host, port, user, sslmode = server.host, server.port, server.admin_user, server.sslmode
+    where = f"{user}@{host}:{port}/{server.admin_database}"
     try:
         conn = psycopg.connect(
-            host=host, port=port, user=user, password=password, dbname=dbname, sslmode=sslmode,
-            connect_timeout=CONNECT_TIMEOUT, application_name="pulumi-preflight", autocommit=True,
+            host=host, port=port, user=user, password=password, dbname=server.admin_database, sslmode=sslmode,
+            connect_timeout=CONNECT_TIMEOUT, application_name=APPLICATION_NAME, autocommit=True,
         )
     except psycopg.OperationalError as exc:
         raise PreflightError(_connect_failure(where, str(exc).strip())) from exc
@@ -86,7 +208,7 @@ def check_external_server(
     try:
         psycopg.connect(
             host=host, port=port, user=user, password=password, dbname=cron_database, sslmode=sslmode,
-            connect_timeout=CONNECT_TIMEOUT, application_name="pulumi-preflight",
+            connect_timeout=CONNECT_TIMEOUT, application_name=APPLICATION_NAME,
         ).close()
     except psycopg.OperationalError as exc:
         raise PreflightError(
@@ -122,21 +244,23 @@ def _connect_failure(where: str, error: str) -> str:
     return f"Cannot connect to the external server as {where}: {error}\n{cause}. Nothing was created."
 
 
-@dataclass(frozen=True)
-class AdoptionFacts:
-    existing_roles: frozenset[str]  # the stack's roles that already exist (imported, not created)
+# ---------------------------------------------------------------------------------------------- adoption
+
+# Every read of a database to adopt is read-only and bounded: it may be in production use.
+READ_ONLY_OPTIONS = "-c default_transaction_read_only=on -c statement_timeout=10000"
 
 
-def check_adoptable(*, host: str, port: int, user: str, password: str, sslmode: str, database: str,
-                    owner: str, roles: list[str]) -> AdoptionFacts:
+def check_adoptable(*, server: ExternalServer, password: str, database: str, owner: str,
+                    roles: list[str]) -> frozenset[str]:
     """Before anything is declared for an adoption (reads only): the database exists, and until it is adopted,
     it and every object of its schema `public` are owned by the stack's owner role (the migrations run as
-    it). Which of the stack's roles exist decides which are imported and which created."""
+    it). Returns which of the stack's `roles` exist: those are imported, the others created."""
+    host, port, user = server.host, server.port, server.admin_user
     where = f"{host}:{port}/{database}"
     try:
-        conn = psycopg.connect(host=host, port=port, user=user, password=password, dbname=database, sslmode=sslmode,
-                               connect_timeout=CONNECT_TIMEOUT, application_name="pulumi-preflight", autocommit=True,
-                               options="-c default_transaction_read_only=on -c statement_timeout=10000")
+        conn = psycopg.connect(host=host, port=port, user=user, password=password, dbname=database,
+                               sslmode=server.sslmode, connect_timeout=CONNECT_TIMEOUT,
+                               application_name=APPLICATION_NAME, autocommit=True, options=READ_ONLY_OPTIONS)
     except psycopg.OperationalError as exc:
         if f'database "{database}" does not exist' in str(exc):
             raise PreflightError(f"adoptFrom is set, but there is no database {database!r} on {host}:{port} to adopt: "
@@ -171,24 +295,26 @@ def check_adoptable(*, host: str, port: int, user: str, password: str, sslmode: 
             f"{listed}\nRun as an admin, then `pulumi preview` again: ALTER DATABASE {database} OWNER TO {owner}; "
             f"and in the database: REASSIGN OWNED BY <the role that ran the other tool> TO {owner}; "
             "(or set rolePrefix so that <prefix>_owner is that role). Nothing was changed.")
-    return AdoptionFacts(existing_roles=frozenset(existing))
+    return frozenset(existing)
 
 
-def check_adoption_schema(*, target: str, files: list[MigrationFile], tool: str, owner: str, accept: frozenset[str],
-                          scratch_url: str | None, scratch_image: str, namespace: str) -> None:
+def check_adoption_schema(*, target: str, files: list[MigrationFile], adoption: AdoptionSettings, owner: str,
+                          scratch_url: str | None, namespace: str) -> None:
     """Before anything is declared, while the database is not adopted yet (no tracking table of this program):
     the other tool's history matches the files and the live schema is what the matched files make (applied to
-    a scratch database); else PreflightError listing every difference and how to resolve it."""
+    a scratch database: `scratch_url`'s server, else a local container); else PreflightError listing every
+    difference and how to resolve it."""
+    tool = adoption.tool
     try:
         with psycopg.connect(target, connect_timeout=CONNECT_TIMEOUT, autocommit=True,
-                             options="-c default_transaction_read_only=on -c statement_timeout=10000") as conn:
+                             options=READ_ONLY_OPTIONS) as conn:
             if adopt.managed_by_this_runner(conn):
                 return  # adopted already: the tracking table is this program's from now on
         plan = adopt.read_plan(target, files, tool, application_name=ADOPTION_APPLICATION_NAME)
         with ExitStack() as stack:
             server = (existing_server(scratch_url) if scratch_url
-                      else stack.enter_context(local_container(scratch_image, log=pulumi.log.info)))
-            accepted = adopt.verify(plan, target, scratch=server, owner=owner, accept=accept,
+                      else stack.enter_context(local_container(adoption.scratch.image, log=pulumi.log.info)))
+            accepted = adopt.verify(plan, target, scratch=server, owner=owner, accept=adoption.accept,
                                     application_name=ADOPTION_APPLICATION_NAME, ways_out=[
                 "make the live schema what the files make (with the other tool, or by hand), then preview again",
                 f"or accept a difference by its id: `pulumi config set --path '{namespace}:adoptAccept[0]' "

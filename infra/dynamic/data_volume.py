@@ -25,7 +25,7 @@ class DataVolumeGone(ProviderFailure):
 
 def volume_missing(volume: str, docker_host: str | None) -> bool:
     """True only when the engine answers that the volume does not exist; an engine that does not
-    answer is the container preflight's to report (infra/components/server.py)."""
+    answer is the container preflight's to report (infra/preflight.py)."""
     try:
         done = run_docker(docker_host, "volume", "inspect", volume)
     except (OSError, subprocess.TimeoutExpired):

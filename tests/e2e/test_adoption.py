@@ -102,7 +102,7 @@ def adopting_stack(new_stack: Any, target: LocalPostgres, scratch: LocalPostgres
     }
     values = {k: auto.ConfigValue(value=v) for k, v in config.items()}
     values["externalAdminPassword"] = auto.ConfigValue(value=admin.password, secret=True)
-    values["adoptScratchUrl"] = auto.ConfigValue(value=scratch.address.dsn(), secret=True)
+    values["adoptScratchUrl"] = auto.ConfigValue(value=scratch.address.url(), secret=True)
     return new_stack(program, values, project=PROJECT)
 
 

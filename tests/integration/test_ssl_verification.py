@@ -61,8 +61,10 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Local
 
 def preflight(server: LocalPostgres, sslmode: str) -> None:
     a = server.address
-    check_external_server(host=a.host, port=a.port, user=a.user, password=a.password, dbname="postgres",
-                          sslmode=sslmode)
+    check_external_server(server=ExternalServer(host=a.host, port=a.port, admin_user=a.user,
+                                                admin_password_key="externalAdminPassword", sslmode=sslmode,
+                                                admin_database="postgres", superuser=False),
+                          password=a.password)
 
 
 def test_external_mode_defaults_to_sslmode_require() -> None:

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-import infra.components.server
 import infra.preflight
 from devsupport.program_mocks import FakePreflight
 from infra.preflight import ServerFacts
@@ -23,10 +22,10 @@ def container_host_preflight() -> Iterator[list[dict[str, Any]]]:
 
     def record(**kwargs: Any) -> str:
         calls.append(kwargs)
-        return infra.components.server.PG_MAJOR
+        return infra.preflight.PG_MAJOR
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(infra.components.server, "check_container_host", record)
+        patch.setattr(infra.preflight, "check_container_host", record)
         yield calls
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import infra.preflight
 from devsupport.program_mocks import CRON_JOB, GRANT, MIGRATION, ROLE, FakePreflight, ProgramHarness
-from infra.preflight import AdoptionFacts, PreflightError
+from infra.preflight import PreflightError
 
 pytestmark = pytest.mark.unit
 
@@ -26,9 +26,9 @@ ROLE_PASSWORD = "pulumi-python:dynamic/db:RolePassword"
 def checks(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[dict[str, Any]]]:
     calls: dict[str, list[dict[str, Any]]] = {"adoptable": [], "schema": []}
 
-    def adoptable(**kwargs: Any) -> AdoptionFacts:
+    def adoptable(**kwargs: Any) -> frozenset[str]:
         calls["adoptable"].append(kwargs)
-        return AdoptionFacts(existing_roles=frozenset({"ci_owner"}))
+        return frozenset({"ci_owner"})
 
     monkeypatch.setattr(infra.preflight, "check_adoptable", adoptable)
     monkeypatch.setattr(infra.preflight, "check_adoption_schema", lambda **kw: calls["schema"].append(kw))
@@ -40,7 +40,7 @@ def test_the_adoption_is_checked_before_anything_and_recorded_before_the_first_m
     result = ProgramHarness().run(ADOPTING, secret_keys=["externalAdminPassword", "adoptScratchUrl"])
     assert [c["owner"] for c in checks["adoptable"]] == ["ci_owner"]
     (schema,) = checks["schema"]
-    assert (schema["tool"], schema["accept"], schema["scratch_url"]) == (
+    assert (schema["adoption"].tool, schema["adoption"].accept, schema["scratch_url"]) == (
         "knex", frozenset({"index customers_email_idx"}), "postgresql://scratch-secret@scratch/postgres")
     assert [m.version for m in schema["files"]] == [r["version"] for r in result.migrations()]
 

@@ -14,6 +14,7 @@ from infra.config import (
     MigrationSettings,
     RehearsalSettings,
     RoleNames,
+    ScratchSettings,
     StackConfig,
     load,
     validate_cron_schedule,
@@ -410,27 +411,31 @@ def test_cron_syntax_pg_cron_does_not_accept_is_rejected(schedule: str) -> None:
 
 def test_rehearsal_defaults_on_with_the_default_scratch_and_the_stack_image() -> None:
     assert load_dict({}).rehearsal == RehearsalSettings(
-        enabled=True, scratch_url_key=None, read_timeout_ms=10000, image="customer-insights/postgres-cron:15")
+        enabled=True, read_timeout_ms=10000,
+        scratch=ScratchSettings(url_key=None, image="customer-insights/postgres-cron:15"))
     custom = load_dict({"image": "registry.local/pg:15", "rehearseMigrations": "false",
                         "rehearsalReadTimeout": "2500"}).rehearsal
-    assert (custom.enabled, custom.read_timeout_ms, custom.image) == (False, 2500, "registry.local/pg:15")
+    assert (custom.enabled, custom.read_timeout_ms, custom.scratch.image) == (False, 2500, "registry.local/pg:15")
 
 
 def test_external_mode_rehearses_on_a_local_container_of_image_unless_a_scratch_url_is_given() -> None:
     external = {"mode": "external", "externalHost": "db.internal", "externalAdminPassword": "s3cret"}
-    assert load_dict({**external, "image": "registry.local/pg:16"}).rehearsal.image == "registry.local/pg:16"
+    assert load_dict({**external, "image": "registry.local/pg:16"}).rehearsal.scratch.image == "registry.local/pg:16"
     url = "postgresql://postgres:hunter2-scratch@scratch.internal:5433/postgres"
     cfg = load_dict({**external, "rehearsalScratchUrl": url})
-    assert cfg.rehearsal.scratch_url_key == "rehearsalScratchUrl"
+    assert cfg.rehearsal.scratch.url_key == "rehearsalScratchUrl"
     assert "hunter2-scratch" not in repr(cfg)  # read as a secret by the program, never kept here
 
 
 @pytest.mark.parametrize("value", ["scratch.internal:5432", "host=scratch user=postgres", "postgresql:///postgres",
                                    "postgresql://postgres:pw-secret@scratch:notaport/postgres"])
-def test_bad_scratch_url_names_the_key_and_the_fix_never_the_value(value: str) -> None:
-    problem = only_problem({"rehearsalScratchUrl": value}, "rehearsalScratchUrl")
-    assert "pulumi config set --secret rehearsalScratchUrl postgresql://" in problem
-    assert "pulumi config rm rehearsalScratchUrl" in problem
+@pytest.mark.parametrize("key", ["rehearsalScratchUrl", "adoptScratchUrl"])
+def test_bad_scratch_url_names_the_key_and_the_fix_never_the_value(value: str, key: str) -> None:
+    adopting = {"mode": "external", "externalHost": "db.internal", "externalAdminPassword": "s3cret",
+                "adoptFrom": "knex"} if key == "adoptScratchUrl" else {}
+    problem = only_problem({**adopting, key: value}, key)
+    assert f"pulumi config set --secret {key} postgresql://" in problem
+    assert f"pulumi config rm {key}" in problem
     assert "pw-secret" not in problem and "scratch.internal" not in problem
 
 
@@ -450,8 +455,8 @@ def test_adoption_settings() -> None:
                      "adoptScratchUrl": "postgresql://scratch"})
     assert cfg.adoption is not None and cfg.adoption.tool == "knex"
     assert cfg.adoption.accept == frozenset({"index customers_email_idx"})
-    assert cfg.adoption.scratch_url_key == "adoptScratchUrl"
-    assert cfg.adoption.image == "customer-insights/postgres-cron:15"
+    assert cfg.adoption.scratch == ScratchSettings(url_key="adoptScratchUrl",
+                                                   image="customer-insights/postgres-cron:15")
 
 
 @pytest.mark.parametrize(("values", "key", "fragment"), [

@@ -18,7 +18,7 @@ from devsupport.program_mocks import (
     VOLUME,
     ProgramHarness,
 )
-from infra.config import ConfigError, DictSource, load
+from infra.config import ConfigError, ContainerServer, DictSource, load
 from tests.unit.test_program_graph import CONTAINER_CONFIG, EXTERNAL_CONFIG
 
 pytestmark = pytest.mark.unit
@@ -91,6 +91,7 @@ def test_container_host_is_checked_before_anything_is_declared(container_host_pr
     container_host_preflight.clear()
     run({**CONTAINER_CONFIG, "protectData": "false"})
     assert container_host_preflight == [{
-        "image": CONTAINER_CONFIG["image"], "bind_address": "127.0.0.1", "host_port": int(CONTAINER_CONFIG["hostPort"]),
-        "container": "postgres-unit", "docker_host": None,
+        "server": ContainerServer(image=CONTAINER_CONFIG["image"], host_port=int(CONTAINER_CONFIG["hostPort"]),
+                                  bind_address="127.0.0.1", superuser="postgres", docker_host=None),
+        "container": "postgres-unit",
     }]

@@ -47,7 +47,7 @@ from devsupport.program_mocks import (
     plain_strings,
     reveal,
 )
-from infra.config import ConfigError
+from infra.config import ConfigError, ExternalServer
 from infra.dynamic.cron_job import CronJobProvider
 from infra.dynamic.migration import MigrationProvider
 from infra.migrate import load_migrations
@@ -580,8 +580,10 @@ EXTERNAL_CONFIG = {
 def test_external_mode_checks_the_configured_server_first(preflight: FakePreflight) -> None:
     ProgramHarness().run(EXTERNAL_CONFIG, secret_keys=["externalAdminPassword"])
     assert preflight.calls == [{
-        "host": "db.example.internal", "port": 6543, "user": "admin", "password": "ext-admin-secret-0123456789",
-        "dbname": "defaultdb", "sslmode": "verify-full",
+        "server": ExternalServer(host="db.example.internal", port=6543, admin_user="admin",
+                                 admin_password_key="externalAdminPassword", sslmode="verify-full",
+                                 admin_database="defaultdb", superuser=False),
+        "password": "ext-admin-secret-0123456789",
     }]
 
 
