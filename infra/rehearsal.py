@@ -22,6 +22,8 @@ from infra.migrate.scratch import ScratchServer, existing_server, local_containe
 from infra.migrate.session import CONNECT_TIMEOUT, StatementLimits
 
 APPLICATION_NAME = "pulumi-rehearsal"
+# The prefix of the one machine-readable diagnostic per rehearsed migration (scripts/preview_comment.py).
+REHEARSAL_JSON = "rehearsal-json: "
 Log = Callable[[str], None]
 
 

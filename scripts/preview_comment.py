@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.migrate.rehearsal import duration_text
+from infra.rehearsal import REHEARSAL_JSON
 
 MIGRATION_TYPE = "pulumi-python:dynamic/db:Migration"
 # Steps of one replacement: "replace" plus its create-replacement/delete-replaced halves.
@@ -30,8 +31,6 @@ _OP_ALIASES = {"create-replacement": "replace", "delete-replaced": "replace", "d
 _QUIET_OPS = {"same", "read", "refresh"}
 _OP_ORDER = ["delete", "replace", "update", "create", "import"]
 _MARK = {"destructive": "🛑", "blocking": "🔒"}
-# The program's machine-readable line of a migration's rehearsal (infra/components/migrations.py).
-REHEARSAL_JSON = "rehearsal-json: "
 _LINE = re.compile(r"\(line (\d+)\)")
 # Lets the workflow find and edit its own comment instead of adding one per push.
 COMMENT_MARKER = "<!-- preview_comment.py -->"

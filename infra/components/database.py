@@ -43,14 +43,14 @@ class DatabaseAndRolesArgs:
     password_length: int
     # Shared by every component that grants privileges: see infra/components/privileges.py.
     privileges: PrivilegeSequence
-    # RandomPassword keepers per role purpose (config passwordRotation): a change makes a new password.
+    # RandomPassword keepers per role purpose: a change makes that role a new password.
     password_keepers: Mapping[RolePurpose, Mapping[str, str] | None] = field(default_factory=dict)
-    protect_data: bool = False  # config protectData: Pulumi `protect` on the database (issue 10)
-    # config keepDataOnDestroy: destroy forgets the database and its roles instead of dropping them.
+    protect_data: bool = False  # Pulumi `protect` on the database: destroy and replacement stop
+    # Destroy forgets the database and its roles instead of dropping them.
     keep_data_on_destroy: bool = False
     # Created before the admin provider, so nothing reaches the server before them (the stack's claim).
     after: Sequence[pulumi.Resource] = ()
-    # Adoption (config adoptFrom): the existing database and roles are imported, not created.
+    # An adoption: the existing database and roles are imported, not created.
     adopted: AdoptedObjects | None = None
 
 

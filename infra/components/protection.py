@@ -1,4 +1,4 @@
-"""The stack-wide stop for `pulumi destroy` while the config says the data is protected."""
+"""The stack-wide stop for `pulumi destroy` while the data is protected."""
 
 from __future__ import annotations
 
