@@ -18,6 +18,9 @@ from infra.migrate import tracking
 
 TABLE_WRITE = ["SELECT", "INSERT", "UPDATE", "DELETE"]
 SCHEMA = "public"
+# The postgresql provider's connect timeout (seconds). It stays apart from the program's CONNECT_TIMEOUT:
+# a change of it is a provider update on every deployed stack.
+PROVIDER_CONNECT_TIMEOUT = 30
 
 # Columns that hold credentials: the read-only role (analysts) never reads them. Every other column
 # of these tables is granted column by column, so a column a later migration adds to one of them stays
@@ -83,7 +86,7 @@ class DatabaseAndRoles(pulumi.ComponentResource):
             database=args.admin.database,
             sslmode=args.admin.sslmode,
             superuser=args.admin_is_superuser,
-            connect_timeout=30,
+            connect_timeout=PROVIDER_CONNECT_TIMEOUT,
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.after)),
         )
         on_server = pulumi.ResourceOptions(parent=self, provider=self.provider)
