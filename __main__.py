@@ -46,13 +46,11 @@ db = DatabaseAndRoles(
 # Adoption: the other tool's history recorded as applied files, before the first migration looks.
 history = (AdoptedHistory("adopted-history", connection=db.connection_for(RolePurpose.OWNER), tool=cfg.adoption.tool,
                           files=migration_files, opts=pulumi.ResourceOptions(depends_on=[db]))
-           if access.adopted is not None and cfg.adoption else None)
+           if cfg.adoption is not None else None)
 
-# The limits every migration statement runs under, in `up` and in the preview's rehearsal alike.
-statement_limits = cfg.migrations.limits
 # `pulumi preview` rehearses pending migrations on a scratch database (docs/rehearsal.md).
 rehearsal = RehearsalArgs(
-    admin=access.admin, roles=list(cfg.roles.all()), image=cfg.rehearsal.scratch.image, limits=statement_limits,
+    admin=access.admin, roles=list(cfg.roles.all()), image=cfg.rehearsal.scratch.image, limits=cfg.migrations.limits,
     read_timeout_ms=cfg.rehearsal.read_timeout_ms, admin_reads_target=access.admin_is_superuser,
     scratch_on_server=access.own_container,
     scratch_url=pulumi_config.require_secret(key) if (key := cfg.rehearsal.scratch.url_key) else None,
@@ -68,7 +66,7 @@ migrations = Migrations(
         keep_data_on_destroy=cfg.keep_data_on_destroy,
         allow_out_of_order=cfg.migrations.allow_out_of_order,
         fixes=stack_config.migration_fixes(namespace),
-        limits=statement_limits,
+        limits=cfg.migrations.limits,  # in `up` as in the preview's rehearsal
         after=[db, *([history] if history else [])],
         rehearsal=rehearsal,
         checkpoint=checkpoint,
@@ -108,7 +106,6 @@ DataProtection("protectData", cfg.protect_data,
                [*access.resources, db, *([history] if history else []), *migrations.applied, table_privileges, cleanup])
 
 connections = {purpose.value: db.connection_for(purpose) for purpose in RolePurpose}
-app = connections[RolePurpose.APP.value]
 pulumi.export("mode", cfg.mode)
 pulumi.export("host", access.admin.host)
 pulumi.export("port", access.admin.port)
@@ -117,16 +114,7 @@ pulumi.export("roles", {purpose: c.user for purpose, c in connections.items()})
 # Secret as a whole, not only value by value: tools reading the outputs see it is a credential.
 pulumi.export("connection_urls",
               pulumi.Output.secret(pulumi.Output.all(**{purpose: c.url() for purpose, c in connections.items()})))
-pulumi.export(
-    "env",
-    pulumi.Output.secret(
-        pulumi.Output.all(app.host, app.port, app.database, app.user, app.password, app.url())
-        .apply(lambda v: {
-            "POSTGRES_HOST": str(v[0]), "POSTGRES_PORT": str(v[1]), "POSTGRES_DB": str(v[2]),
-            "POSTGRES_USER": str(v[3]), "POSTGRES_PASSWORD": str(v[4]), "DATABASE_URL": str(v[5]),
-        })
-    ),
-)
+pulumi.export("env", connections[RolePurpose.APP.value].env())
 pulumi.export("migrations", migrations.versions)
 # Where the owner and read-only roles read the job's runs (scripts/cleanup_history.py --cron-database).
 pulumi.export("cleanup_job", {"name": cfg.cleanup_job.name, "schedule": cfg.cleanup_job.schedule,

@@ -62,6 +62,13 @@ class Connection:
         parts = pulumi.Output.all(self.host, self.port, self.database, self.user, self.password)
         return pulumi.Output.secret(parts.apply(render))
 
+    def env(self) -> pulumi.Output[dict[str, str]]:
+        """The libpq-style environment of an application (POSTGRES_* and DATABASE_URL), secret as a whole."""
+        parts = pulumi.Output.all(self.host, self.port, self.database, self.user, self.password, self.url())
+        return pulumi.Output.secret(parts.apply(lambda v: dict(zip(
+            ("POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD", "DATABASE_URL"),
+            (str(x) for x in v), strict=True))))
+
 
 def conninfo(inputs: Mapping[str, Any], *, application_name: str) -> str:
     """A libpq connection string from a dynamic resource's inputs (plain values: the provider's side)."""
