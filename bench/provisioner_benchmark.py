@@ -18,7 +18,7 @@ Each run (default 3, `--runs`), on the local image, with a fresh file backend an
   up_one_more_9  `pulumi up --yes` adding one file on top of the 9 (the same-run base of the others)
   add_N       `pulumi up --yes --skip-preview` adding the files up to N (setup, recorded too)
   one_more    at the top count + 1 file: `pulumi preview` (one pending) and `pulumi up --yes`
-  checkpoint  (`--checkpoint-keep K`, default 10; 0 skips) `python -m infra.migrate checkpoint` folds
+  checkpoint  (`--checkpoint-keep K`, default 10; 0 skips) `python -m infra.migrations_cli checkpoint` folds
               all but the last K files (990 of 1,000), `checkpoint_move_N` is the `up` that moves the
               stack onto it, then the no-change preview and up on it, and `up_one_more_checkpoint_N`
   destroy     `pulumi destroy --yes` of everything at the end
@@ -716,7 +716,7 @@ def one_run(index: int, counts: Sequence[int], workroot: Path, source: str, chec
         if checkpoint_keep:
             # Fold all but the last `checkpoint_keep` files into sql/checkpoint.json, move the stack to it.
             through = f"{current - checkpoint_keep:03d}"
-            sh([sys.executable, "-m", "infra.migrate", "--database-url", owner_url(stack), "--dir", str(project.sql),
+            sh([sys.executable, "-m", "infra.migrations_cli", "--database-url", owner_url(stack), "--dir", str(project.sql),
                 "checkpoint", "--through", through], cwd=project.dir, env=project.env())
             record(results, stack.timed(f"checkpoint_move_{current}", "up", "--yes", "--skip-preview"))
             label = f"checkpoint_{current}"

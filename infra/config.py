@@ -28,6 +28,7 @@ from infra.migrate import (
     load_migrations,
     split_at_checkpoint,
 )
+from infra.migration_identity import FILES_HINT
 
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 VERSION = re.compile(r"^[0-9]{3,}$")
@@ -222,7 +223,7 @@ def checked_migrations(directory: Path, settings: MigrationSettings, namespace: 
         held = {e.version: e.checksum for e in checkpoint.migrations} if checkpoint else None
         files = load_migrations(directory, validated=held)
     except MigrationFileError as exc:
-        raise ConfigError([f"{namespace}:migrationsDir: {exc}"]) from exc
+        raise ConfigError([f"{namespace}:migrationsDir: {exc} ({FILES_HINT})"]) from exc
     unknown = sorted(settings.accept_checksums - {f.version for f in files})
     if unknown:
         raise ConfigError([
@@ -239,7 +240,7 @@ def checked_checkpoint(directory: Path, files: list[MigrationFile], namespace: s
         checkpoint = load_checkpoint(directory)
         split_at_checkpoint(files, checkpoint)
     except MigrationFileError as exc:
-        raise ConfigError([f"{namespace}:migrationsDir: {exc}"]) from exc
+        raise ConfigError([f"{namespace}:migrationsDir: {exc} ({FILES_HINT})"]) from exc
     return checkpoint
 
 

@@ -20,10 +20,10 @@ import pulumi
 
 from infra.config import AdoptionSettings, ContainerServer, ExternalServer
 from infra.docker_cli import DOCKER_TIMEOUT, run_docker
-from infra.dynamic.base import ADOPTION_APPLICATION_NAME
 from infra.migrate import CONNECT_TIMEOUT, MigrationFile, MigrationsError
 from infra.migrate import adoption as adopt
 from infra.migrate.scratch import existing_server, local_container
+from infra.migration_identity import ADOPTION_APPLICATION_NAME
 
 MIN_SERVER_VERSION = 130000  # gen_random_uuid() is built in from PostgreSQL 13
 # The data directory on the volume, the migrations and pg_cron's build are PostgreSQL 15: another

@@ -22,9 +22,10 @@ from psycopg import sql
 from pulumi.dynamic import CreateResult, ReadResult, Resource, UpdateResult
 
 from infra.connection import PASSWORD, USER, WIRE_KEYS, Connection, conninfo
-from infra.dynamic.base import ADOPTION_APPLICATION_NAME, MIGRATION_LOCK_NAME, DiffingProvider, password_kept_secret
+from infra.dynamic.base import DiffingProvider, password_kept_secret
 from infra.migrate import MigrationFile
 from infra.migrate import adoption as adopt
+from infra.migration_identity import ADOPTION_APPLICATION_NAME, LOCK_NAME
 
 APPLICATION_NAME = "pulumi-adoption"
 SCRAM_ITERATIONS = 4096  # PostgreSQL's default (scram_iterations)
@@ -55,7 +56,7 @@ class AdoptedHistoryProvider(DiffingProvider):
         target = conninfo(props, application_name=APPLICATION_NAME)
         plan = adopt.read_plan(target, _files(props), props["tool"], application_name=ADOPTION_APPLICATION_NAME)
         tables = adopt.tables(target, plan, application_name=ADOPTION_APPLICATION_NAME)
-        recorded = adopt.record(plan, target, log=pulumi.log.info, lock_name=MIGRATION_LOCK_NAME,
+        recorded = adopt.record(plan, target, log=pulumi.log.info, lock_name=LOCK_NAME,
                                 application_name=ADOPTION_APPLICATION_NAME)
         pulumi.log.info(f"adopted from {props['tool']}: {plan.summary()}")
         return CreateResult(id_=props["tool"], outs={**props, "recorded": recorded, "tables": tables})

@@ -15,13 +15,6 @@ from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvide
 
 from infra.connection import PASSWORD
 from infra.migrate import MigrationsError
-from infra.migrate.__main__ import APPLICATION_NAME as CLI_APPLICATION_NAME
-from infra.migrate.__main__ import LOCK_NAME as CLI_LOCK_NAME
-
-# The migrator's lock and session name are the CLI's: a `python -m infra.migrate` run and an up serialise.
-MIGRATION_LOCK_NAME = CLI_LOCK_NAME
-MIGRATOR_APPLICATION_NAME = CLI_APPLICATION_NAME
-ADOPTION_APPLICATION_NAME = "customer-insights-adoption"  # of its sessions reading and recording another tool's history
 
 # The type every dynamic resource had before they got their own (`class X(Resource, module=..., name=...)`).
 GENERIC_DYNAMIC_TYPE = "pulumi-python:dynamic:Resource"

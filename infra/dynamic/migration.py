@@ -16,8 +16,6 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 
 from infra.connection import Connection, conninfo, database_of
 from infra.dynamic.base import (
-    MIGRATION_LOCK_NAME,
-    MIGRATOR_APPLICATION_NAME,
     PROVIDER_KEY,
     DiffingProvider,
     ProviderFailure,
@@ -46,6 +44,7 @@ from infra.migrate import (
     check_order,
     highest_of,
 )
+from infra.migration_identity import LOCK_NAME, MIGRATOR_APPLICATION_NAME
 
 APPLICATION_NAME = "pulumi-migrations"
 
@@ -64,7 +63,7 @@ def _migration(props: dict[str, Any]) -> MigrationFile:
 
 def _migrator(props: dict[str, Any]) -> Migrator:
     return Migrator(conninfo(props, application_name=APPLICATION_NAME), log=pulumi.log.info,
-                    application_name=MIGRATOR_APPLICATION_NAME, lock_name=MIGRATION_LOCK_NAME,
+                    application_name=MIGRATOR_APPLICATION_NAME, lock_name=LOCK_NAME,
                     allow_out_of_order=bool(props.get("allow_out_of_order")),
                     limits=StatementLimits.from_dict(props.get("limits")))
 

@@ -23,14 +23,13 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, ReadResult, 
 
 from infra.connection import Connection, conninfo, database_of
 from infra.dynamic.base import (
-    MIGRATION_LOCK_NAME,
-    MIGRATOR_APPLICATION_NAME,
     PROVIDER_KEY,
     DiffingProvider,
     password_kept_secret,
     stop_waiting_on_property_outputs,
 )
 from infra.migrate import MigrationFile, Migrator
+from infra.migration_identity import LOCK_NAME, MIGRATOR_APPLICATION_NAME
 
 APPLICATION_NAME = "pulumi-migrations"
 
@@ -65,7 +64,7 @@ def _files(props: dict[str, Any]) -> list[MigrationFile]:
 
 def _migrator(props: dict[str, Any]) -> Migrator:
     return Migrator(conninfo(props, application_name=APPLICATION_NAME), log=pulumi.log.info,
-                    application_name=MIGRATOR_APPLICATION_NAME, lock_name=MIGRATION_LOCK_NAME,
+                    application_name=MIGRATOR_APPLICATION_NAME, lock_name=LOCK_NAME,
                     allow_out_of_order=bool(props.get("allow_out_of_order")))
 
 

@@ -11,7 +11,7 @@ from the migrator's `lock_name` (`lock_key`), see `locking`. Limits: every state
 timeout), see `session`. Order: a pending file below the highest applied version is refused
 (`OutOfOrderMigrationError`) unless `Migrator(..., allow_out_of_order=True)`, see `runner`.
 Errors state facts (file, version, checksums) and the ways out; a caller that offers a way to accept a
-refusal words it in its own terms (`RefusedMigrationError.with_fix`). CLI: `python -m infra.migrate --help`.
+refusal words it in its own terms (`RefusedMigrationError.with_fix`).
 Schemas: `catalog.snapshot` / `catalog.diff` (what a schema is made of, and every difference). Taking over
 a database another tool migrated (knex, Flyway, dbmate, golang-migrate): `adoption`.
 """

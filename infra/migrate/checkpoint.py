@@ -56,8 +56,8 @@ def load_checkpoint(directory: str | os.PathLike[str]) -> Checkpoint | None:
         checkpoint = Checkpoint(str(doc["through"]), entries)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise MigrationFileError(
-            f"{CHECKPOINT_FILE}: not a checkpoint ({e}): write it again with "
-            "`python -m infra.migrate checkpoint --through VERSION`, or delete it"
+            f"{CHECKPOINT_FILE}: not a checkpoint ({e}): write it again (fold the applied files into a "
+            "new checkpoint), or delete it"
         ) from e
     if not entries or entries[-1].version != checkpoint.through:
         raise MigrationFileError(f"{CHECKPOINT_FILE}: its last migration is not its `through` version "

@@ -132,7 +132,7 @@ def load_migrations(
                 f"{path.name}: not a valid migration file name: expected NNN_snake_name.sql or "
                 "NNN_snake_name.down.sql (NNN: 3 or more digits; name: lowercase letters, digits and "
                 "single underscores, starting with a letter), e.g. 001_create_organizations.sql; "
-                "rename the file (`python -m infra.migrate new NAME` creates well-named files)"
+                "rename the file"
             )
         version, name, is_down = m["version"], m["name"], m["down"] is not None
         target = downs if is_down else ups

@@ -16,7 +16,7 @@ from pulumi import automation as auto
 from infra import config as stack_config
 from infra.components.migrations import Migrations, MigrationsArgs
 from infra.migrate import Checkpoint, CheckpointEntry, load_migrations, write_checkpoint
-from infra.migrate.__main__ import main as migrate_cli
+from infra.migrations_cli import main as migrate_cli
 from tests.e2e.conftest import program_connection
 from tests.e2e.test_migrations_engine import dsn, recorded, tables
 

@@ -1,4 +1,4 @@
-"""`python -m infra.migrate` through subprocess, against a real PostgreSQL (DATABASE_URL)."""
+"""`python -m infra.migrations_cli` through subprocess, against a real PostgreSQL (DATABASE_URL)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def cli(
     if database_url is not None:
         env["DATABASE_URL"] = database_url
     return subprocess.run(
-        [sys.executable, "-m", "infra.migrate", *args],
+        [sys.executable, "-m", "infra.migrations_cli", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -38,7 +38,7 @@ def cli(
 def spawn(*args: str, database_url: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "DATABASE_URL": database_url}
     return subprocess.Popen(
-        [sys.executable, "-m", "infra.migrate", *args],
+        [sys.executable, "-m", "infra.migrations_cli", *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -151,7 +151,7 @@ def test_up_stops_at_the_first_failure_with_a_message_and_no_traceback(fresh_db:
         'error: 003_broken.sql, line 3: syntax error at or near "FROM"\n  statement: SELECT FROM FROM;'
     )
     assert "nothing of it was applied" in result.stderr
-    assert result.stderr.endswith("(`python -m infra.migrate status` shows what is recorded.)\n")
+    assert result.stderr.endswith("(`python -m infra.migrations_cli status` shows what is recorded.)\n")
     assert tracked(fresh_db) == ["001", "002"]
     assert not table_exists(fresh_db, "broken") and not table_exists(fresh_db, "after_broken")
     status = cli("status", "--dir", str(tmp_path), database_url=fresh_db)
@@ -237,7 +237,7 @@ def test_changed_file_status_and_repair(fresh_db: str, tmp_path: Path) -> None:
     assert "001_create_organizations.sql (version 001) was changed after it was applied" in up.stderr
     # The library's facts, and how to accept it from this command line (never another caller's config).
     assert "accept the current checksum (a repair: the new checksum is recorded, nothing runs): " \
-           "`python -m infra.migrate repair 001`." in up.stderr
+           "`python -m infra.migrations_cli repair 001`." in up.stderr
     assert "acceptChecksums" not in up.stderr
     assert not table_exists(fresh_db, "more")
 
@@ -273,7 +273,7 @@ def test_out_of_order_file_status_refusal_and_allow_flag(fresh_db: str, tmp_path
         "010 (create_events)."
     )
     assert "rename it to 011_create_teams.sql" in up.stderr
-    assert "apply it out of order: `python -m infra.migrate up --allow-out-of-order`." in up.stderr
+    assert "apply it out of order: `python -m infra.migrations_cli up --allow-out-of-order`." in up.stderr
     assert not table_exists(fresh_db, "teams") and tracked(fresh_db) == ["001", "002", "010"]
 
     allowed = cli("up", "--allow-out-of-order", "--dir", str(tmp_path), database_url=fresh_db)
@@ -310,6 +310,7 @@ def test_migration_errors_exit_1(tmp_path: Path) -> None:
     bad_file = cli("status", "--dir", str(tmp_path), database_url="host=127.0.0.1 port=1 connect_timeout=1")
     assert bad_file.returncode == 1
     assert bad_file.stderr.startswith("error: 1_bad_name.sql: not a valid migration file name")
+    assert "`python -m infra.migrations_cli new NAME` creates well-named files" in bad_file.stderr
     write(tmp_path / "ok", {"001_a.sql": "SELECT 1;"})
     unreachable = cli(
         "status", "--dir", str(tmp_path / "ok"), database_url="host=127.0.0.1 port=1 connect_timeout=2"

@@ -33,7 +33,7 @@ from infra.migrate import (
     load_migrations,
     lock_key,
 )
-from infra.migrate.__main__ import LOCK_NAME as CLI_LOCK_NAME
+from infra.migration_identity import LOCK_NAME as CLI_LOCK_NAME
 
 pytestmark = pytest.mark.integration
 

@@ -32,7 +32,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     ["scripts/preview_pictures.py", "er", "--database-url", UNREACHABLE],
     ["scripts/preview_pictures.py", "graph", "/nonexistent/graph.dot"],
     ["scripts/preview_comment.py", "/nonexistent/preview.json"],
-    ["-m", "infra.migrate", "status"],
+    ["-m", "infra.migrations_cli", "status"],
 ], ids=lambda a: " ".join(a[:2]))
 def test_expected_failures_end_in_a_message(args: list[str]) -> None:
     done = run(*args, env={"DATABASE_URL": UNREACHABLE})

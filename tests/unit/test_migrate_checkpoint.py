@@ -77,7 +77,8 @@ def test_a_held_file_edited_missing_or_added_is_refused(tmp_path: Path) -> None:
 
 def test_a_malformed_checkpoint_names_the_fix(tmp_path: Path) -> None:
     (tmp_path / "checkpoint.json").write_text("{not json")
-    with pytest.raises(MigrationFileError, match=re.escape("python -m infra.migrate checkpoint --through VERSION")):
+    with pytest.raises(MigrationFileError, match=re.escape("write it again (fold the applied files into a new "
+                                                           "checkpoint), or delete it")):
         load_checkpoint(tmp_path)
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from infra.dynamic import adoption, migration, migration_checkpoint
 from infra.migrate import DEFAULT_APPLICATION_NAME, DEFAULT_LOCK_NAME, Migrator, lock_key
-from infra.migrate.__main__ import LOCK_NAME as CLI_LOCK_NAME
-from infra.migrate.__main__ import _migrator, build_parser
+from infra.migration_identity import LOCK_NAME as CLI_LOCK_NAME
+from infra.migrations_cli import _migrator, build_parser
 
 PROPS = {"host": "db.internal", "port": 5432, "dbname": "insights", "user": "ci_owner", "password": "pw"}
 

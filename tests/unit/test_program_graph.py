@@ -670,7 +670,8 @@ def test_unknown_accept_checksums_version_fails_naming_the_key() -> None:
 def test_a_bad_migrations_dir_fails_naming_the_key_before_anything_is_declared(tmp_path: Path) -> None:
     (tmp_path / "1_bad.sql").write_text("SELECT 1;\n")
     harness = ProgramHarness()
-    with pytest.raises(ConfigError, match=rf"{PROJECT}:migrationsDir: 1_bad.sql: not a valid migration file name"):
+    with pytest.raises(ConfigError, match=rf"{PROJECT}:migrationsDir: 1_bad.sql: not a valid migration file name"
+                                          r".*`python -m infra.migrations_cli new NAME` creates well-named files"):
         harness.run({"migrationsDir": str(tmp_path)})
     assert harness.monitor.registrations == []
 

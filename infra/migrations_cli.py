@@ -1,15 +1,15 @@
-"""`python -m infra.migrate`: inspect and, in emergencies, drive the migrations by hand.
+"""`python -m infra.migrations_cli`: inspect and, in emergencies, drive the migrations by hand.
 
 The normal path is `pulumi up` (each migration is a Pulumi resource); this CLI is the everyday
 `migrate` / `migrate:rollback` / `migrate:make` of the team and the tool for inspection and repairs:
 
-    python -m infra.migrate status            # version, name, applied/pending/CHANGED, applied_at, ...
-    python -m infra.migrate up                # apply all pending in order, stop at the first failure
-    python -m infra.migrate up --allow-out-of-order   # also a pending file below the highest applied
-    python -m infra.migrate down              # revert the last applied migration (its .down.sql)
-    python -m infra.migrate new add_segments  # create sql/NNN_add_segments.sql and .down.sql
-    python -m infra.migrate repair 003        # accept 003's current checksum (after a harmless edit)
-    python -m infra.migrate checkpoint --through 120  # fold applied 001..120 into sql/checkpoint.json
+    python -m infra.migrations_cli status            # version, name, applied/pending/CHANGED, applied_at, ...
+    python -m infra.migrations_cli up                # apply all pending in order, stop at the first failure
+    python -m infra.migrations_cli up --allow-out-of-order   # also a pending file below the highest applied
+    python -m infra.migrations_cli down              # revert the last applied migration (its .down.sql)
+    python -m infra.migrations_cli new add_segments  # create sql/NNN_add_segments.sql and .down.sql
+    python -m infra.migrations_cli repair 003        # accept 003's current checksum (after a harmless edit)
+    python -m infra.migrations_cli checkpoint --through 120  # fold applied 001..120 into sql/checkpoint.json
 
 The database comes from --database-url or $DATABASE_URL (a libpq URL or key=value string); the
 directory from --dir (default `sql`). Exit status: 0 success, 1 migration error (message on stderr),
@@ -26,22 +26,20 @@ from pathlib import Path
 
 import psycopg
 
-from .checkpoint import checkpoint_of, write_checkpoint
-from .errors import (
+from infra.migrate.checkpoint import checkpoint_of, write_checkpoint
+from infra.migrate.errors import (
     ChecksumMismatchError,
     MigrationFailedError,
     MigrationFileError,
     MigrationsError,
     OutOfOrderMigrationError,
 )
-from .files import MigrationFile, load_migrations, next_migration_paths
-from .runner import Migrator
-from .tracking import AppliedMigration
+from infra.migrate.files import MigrationFile, load_migrations, next_migration_paths
+from infra.migrate.runner import Migrator
+from infra.migrate.tracking import AppliedMigration
+from infra.migration_identity import FILES_HINT, LOCK_NAME, MIGRATOR_APPLICATION_NAME
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
-# This repository's migration lock: `pulumi up` (infra/dynamic) takes the same one, so the two serialise.
-LOCK_NAME = "customer-insights:schema_migrations"
-APPLICATION_NAME = "customer-insights-migrations"
 
 # The headers of the files `new` creates.
 UP_HEADER = """\
@@ -57,7 +55,7 @@ UP_HEADER = """\
 DOWN_HEADER = """\
 -- {filename}: reverts {up_filename}
 --
--- Runs by `python -m infra.migrate down` / when the migration's Pulumi resource is deleted.
+-- Runs by `python -m infra.migrations_cli down` / when the migration's Pulumi resource is deleted.
 -- Delete this file if the migration cannot be reverted.
 
 """
@@ -92,7 +90,7 @@ def _common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m infra.migrate",
+        prog="python -m infra.migrations_cli",
         description="Ordered SQL migrations (sql/NNN_name.sql) of the customer insights database.",
         epilog="Exit status: 0 success, 1 migration error, 2 usage error.",
     )
@@ -137,7 +135,7 @@ def _migrator(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Migr
     if not url:
         parser.error("no database: pass --database-url or set DATABASE_URL")
     return Migrator(
-        url, lock_timeout=args.lock_timeout, log=_say, application_name=APPLICATION_NAME, lock_name=LOCK_NAME,
+        url, lock_timeout=args.lock_timeout, log=_say, application_name=MIGRATOR_APPLICATION_NAME, lock_name=LOCK_NAME,
         allow_out_of_order=bool(getattr(args, "allow_out_of_order", False)),
     )
 
@@ -145,9 +143,9 @@ def _migrator(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Migr
 def _fix(error: MigrationsError) -> MigrationsError:
     """The library's refusals, with how to accept them from this command line."""
     if isinstance(error, ChecksumMismatchError):
-        return error.with_fix(f"`python -m infra.migrate repair {error.version}`")
+        return error.with_fix(f"`python -m infra.migrations_cli repair {error.version}`")
     if isinstance(error, OutOfOrderMigrationError):
-        return error.with_fix("`python -m infra.migrate up --allow-out-of-order`")
+        return error.with_fix("`python -m infra.migrations_cli up --allow-out-of-order`")
     return error
 
 
@@ -192,7 +190,7 @@ def cmd_status(migrator: Migrator, migrations: list[MigrationFile]) -> int:
     if counts.get("CHANGED"):
         print(
             "CHANGED: the file was edited after it was applied: restore it, or accept it with "
-            "`python -m infra.migrate repair VERSION`."
+            "`python -m infra.migrations_cli repair VERSION`."
         )
     if counts.get("OUT-OF-ORDER"):
         print(
@@ -289,8 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown command {args.command!r}")
     except MigrationsError as e:
         print(f"error: {_fix(e)}", file=sys.stderr, flush=True)
+        if isinstance(e, MigrationFileError):
+            print(f"({FILES_HINT}.)", file=sys.stderr, flush=True)
         if isinstance(e, MigrationFailedError):
-            print("(`python -m infra.migrate status` shows what is recorded.)", file=sys.stderr, flush=True)
+            print("(`python -m infra.migrations_cli status` shows what is recorded.)", file=sys.stderr, flush=True)
         return EXIT_ERROR
     except (psycopg.Error, OSError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
