@@ -11,11 +11,12 @@ import subprocess
 DOCKER_TIMEOUT = 30  # seconds for each command: an engine that does not answer is reported, not waited on
 
 
-def run_docker(docker_host: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+def run_docker(docker_host: str | None, *args: str,
+               timeout: float = DOCKER_TIMEOUT) -> subprocess.CompletedProcess[str]:
     """`docker [--host H] ARGS...`, output captured, never raising on a non-zero exit.
 
-    Raises FileNotFoundError without the docker CLI, subprocess.TimeoutExpired past DOCKER_TIMEOUT:
+    Raises FileNotFoundError without the docker CLI, subprocess.TimeoutExpired past `timeout` seconds:
     the caller says what that means where it is.
     """
     command = ["docker", *(["--host", docker_host] if docker_host else []), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=DOCKER_TIMEOUT, check=False)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from devsupport.versions import pulumi_bin_dir
 from infra.connection import Connection
 from scripts.stack import missing_plugins, workspace_env
 from tests.e2e.processes import describe, reap, wait_for_pulumi_to_exit
+from tests.helpers import docker_output
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = "customer-insights-e2e"
@@ -84,23 +84,20 @@ def provider_plugins(pulumi_cli: auto.PulumiCommand) -> None:
                     pytrace=False)
 
 
-def docker(*args: str) -> str:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout
-
-
 def docker_leftovers(stack_name: str) -> dict[str, list[str]]:
     """Containers, volumes and networks of a stack: labelled with it, attached to them, or named after it."""
-    containers = set(docker("ps", "-aq", "--filter", f"label=com.customer-insights.stack={stack_name}").split())
-    containers |= {c for c in docker("ps", "-aq").split()
-                   if stack_name in docker("inspect", "--format", "{{.Name}}", c)}
-    volumes = set(docker("volume", "ls", "-q", "--filter", f"label=com.customer-insights.stack={stack_name}").split())
+    containers = set(docker_output("ps", "-aq", "--filter", f"label=com.customer-insights.stack={stack_name}").split())
+    containers |= {c for c in docker_output("ps", "-aq").split()
+                   if stack_name in docker_output("inspect", "--format", "{{.Name}}", c)}
+    labelled = f"label=com.customer-insights.stack={stack_name}"
+    volumes = set(docker_output("volume", "ls", "-q", "--filter", labelled).split())
     networks: set[str] = set()
     for container in containers:
-        info = json.loads(docker("inspect", container))[0]
+        info = json.loads(docker_output("inspect", container))[0]
         volumes |= {m["Name"] for m in info.get("Mounts", []) if m.get("Type") == "volume"}
         networks |= set((info.get("NetworkSettings") or {}).get("Networks") or {}) - {"bridge", "host", "none"}
-    volumes |= {v for v in docker("volume", "ls", "-q").split() if stack_name in v}
-    networks |= {n for n in docker("network", "ls", "--format", "{{.Name}}").split() if stack_name in n}
+    volumes |= {v for v in docker_output("volume", "ls", "-q").split() if stack_name in v}
+    networks |= {n for n in docker_output("network", "ls", "--format", "{{.Name}}").split() if stack_name in n}
     return {"container": sorted(containers), "volume": sorted(volumes), "network": sorted(networks)}
 
 
@@ -111,7 +108,7 @@ def remove_docker_leftovers(stack_name: str) -> list[str]:
     for kind, command in (("container", ["rm", "-f", "-v"]), ("volume", ["volume", "rm", "-f"]),
                           ("network", ["network", "rm"])):
         for name in found[kind]:
-            docker(*command, name)
+            docker_output(*command, name)
             removed.append(f"{kind} {name}")
     return removed
 

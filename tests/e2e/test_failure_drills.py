@@ -38,6 +38,7 @@ from tests.e2e.processes import cmdline, describe, reap, session_members
 from tests.e2e.test_full_stack import PROJECT as MAIN_PROJECT
 from tests.e2e.test_full_stack import program as main_program
 from tests.e2e.test_migrations_engine import dsn, migrations_program, recorded, tables
+from tests.helpers import docker_output
 
 pytestmark = pytest.mark.e2e
 
@@ -377,10 +378,6 @@ def test_external_server_faults_stop_before_anything_with_the_fix(new_stack, dri
 # ---------------------------------------------------------------------------------------------- container mode
 
 
-def docker(*args: str, check: bool = True) -> str:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check).stdout
-
-
 def container_stack(new_stack, **config: Any) -> auto.Stack:
     return new_stack(main_program, {k: auto.ConfigValue(value=str(v)) for k, v in config.items()},
                      project=MAIN_PROJECT)
@@ -394,7 +391,7 @@ def in_server(container: str, database: str, query: str) -> str:
 
 
 def wait_healthy(container: str) -> None:
-    wait_for(f"{container} to be healthy", lambda: docker(
+    wait_for(f"{container} to be healthy", lambda: docker_output(
         "inspect", "--format", "{{.State.Health.Status}}", container, check=False).strip() == "healthy", 120, 0.5)
 
 
@@ -418,7 +415,7 @@ def interrupt_slow_migration(stack: auto.Stack, container: str, database: str, a
     wait_for("the slow migration to run", lambda: in_server(
         container, database, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep%' "
         "AND pid <> pg_backend_pid()") == "1", 300, 0.5)
-    docker(*action)
+    docker_output(*action)
     thread.join(300)
     assert "error" in outcome, "up survived the server going away"
     return str(outcome["error"])
@@ -443,11 +440,11 @@ def seed(url: str) -> str:
 
 def derived_image(base: str, tag: str, change: str) -> str:
     """`base` with one config change (`docker commit --change`): a different image id, nothing built."""
-    created = docker("create", base).strip()
+    created = docker_output("create", base).strip()
     try:
-        docker("commit", "--change", change, created, tag)
+        docker_output("commit", "--change", change, created, tag)
     finally:
-        docker("rm", "-v", created)  # -v: the anonymous volume of the image's VOLUME
+        docker_output("rm", "-v", created)  # -v: the anonymous volume of the image's VOLUME
     return tag
 
 
@@ -475,7 +472,7 @@ def test_container_faults_data_safety_and_cleanup_under_load(new_stack, sql_copy
         error = interrupt_slow_migration(stack, container, database, ["stop", "-t", "1", container])
         assert "903_drill_slow_again.sql" in error, error[-3000:]
         preview_fails_keeping(stack, f"{container} exists but is exited", f"docker start {container}")
-        docker("start", container)
+        docker_output("start", container)
         wait_healthy(container)
         stack.up(color="never")
         assert "903" in {r[0] for r in psycopg.connect(owner).execute("SELECT version FROM schema_migrations")}
@@ -496,18 +493,18 @@ def test_container_faults_data_safety_and_cleanup_under_load(new_stack, sql_copy
         assert sorted(resource_types(stack)) == state_before and rows(owner) == before
 
         # -- another PostgreSQL major: refused before anything changes, naming the upgrade path
-        container_id = docker("inspect", "--format", "{{.Id}}", container).strip()
+        container_id = docker_output("inspect", "--format", "{{.Id}}", container).strip()
         stack.set_config("image", auto.ConfigValue(value=derived_image(base_image, major, "ENV PG_MAJOR=16")))
         preview_fails_keeping(stack, "runs PostgreSQL 16", "pg_dumpall", "pg_upgrade", "Nothing was changed")
         with pytest.raises(auto.errors.CommandError):
             stack.up(color="never")
-        assert docker("inspect", "--format", "{{.Id}}", container).strip() == container_id
+        assert docker_output("inspect", "--format", "{{.Id}}", container).strip() == container_id
 
         # -- another minor of 15: the container is replaced, every row is kept
         stack.set_config("image", auto.ConfigValue(value=derived_image(base_image, minor, "ENV PG_VERSION=15.99")))
         changed = stack.up(color="never").summary.resource_changes or {}
         assert changed.get("replace", 0) >= 1, changed
-        assert docker("inspect", "--format", "{{.Id}}", container).strip() != container_id
+        assert docker_output("inspect", "--format", "{{.Id}}", container).strip() != container_id
         assert rows(owner) == before
         stack.preview(expect_no_changes=True, color="never")
 
@@ -519,9 +516,9 @@ def test_container_faults_data_safety_and_cleanup_under_load(new_stack, sql_copy
             stack.up(color="never")
     # protectData false: destroy tears everything down (the fixture checks nothing is left).
     stack.destroy(color="never")
-    assert docker("volume", "ls", "-q", "--filter", f"name=postgres-{stack.name}-data").strip() == ""
+    assert docker_output("volume", "ls", "-q", "--filter", f"name=postgres-{stack.name}-data").strip() == ""
     for image in (minor, major):
-        docker("rmi", image, check=False)
+        docker_output("rmi", image, check=False)
 
 
 def preview_fails_keeping(stack: auto.Stack, *fragments: str) -> None:
@@ -609,7 +606,7 @@ def test_container_host_faults_stop_before_anything(new_stack, tmp_path):
         with pytest.raises(auto.errors.CommandError):
             stack.up(color="never")
     assert resource_types(stack) == []
-    assert docker("ps", "-aq", "--filter", f"name=postgres-{stack.name}").strip() == ""
+    assert docker_output("ps", "-aq", "--filter", f"name=postgres-{stack.name}").strip() == ""
 
 
 def test_dev_stack_tears_down_completely(new_stack, drill_server, pulumi_cli):
@@ -658,8 +655,8 @@ def named_recovery(message: str) -> list[str]:
 
 def lose_the_server(container: str) -> None:
     """What the user did: `docker rm -f postgres-<stack>` and `docker volume rm postgres-<stack>-data`."""
-    docker("rm", "-f", container)
-    docker("volume", "rm", f"{container}-data")
+    docker_output("rm", "-f", container)
+    docker_output("volume", "rm", f"{container}-data")
 
 
 def up_stops_on_the_lost_volume(stack: auto.Stack, container: str, *fragments: str) -> str:
@@ -676,8 +673,8 @@ def up_stops_on_the_lost_volume(stack: auto.Stack, container: str, *fragments: s
     with pytest.raises(auto.errors.CommandError) as failure:
         stack.preview_refresh(color="never")  # what `pulumi refresh` shows before it would change anything
     assert f"The data volume {container}-data of this stack is gone" in str(failure.value)
-    assert docker("ps", "-aq", "--filter", f"name=^{container}$").strip() == ""
-    assert docker("volume", "ls", "-q", "--filter", f"name=^{container}-data$").strip() == ""
+    assert docker_output("ps", "-aq", "--filter", f"name=^{container}$").strip() == ""
+    assert docker_output("volume", "ls", "-q", "--filter", f"name=^{container}-data$").strip() == ""
     assert sorted(resource_types(stack)) == before
     return message
 
@@ -723,10 +720,10 @@ def test_data_volume_removed_between_runs_stops_up_and_the_named_recovery_conver
     stack.destroy(color="never")
     volume = f"{container}-data"
     try:
-        assert docker("volume", "ls", "-q", "--filter", f"name=^{volume}$").strip() == volume
-        assert docker("ps", "-aq", "--filter", f"name=^{container}$").strip() == ""
+        assert docker_output("volume", "ls", "-q", "--filter", f"name=^{volume}$").strip() == volume
+        assert docker_output("ps", "-aq", "--filter", f"name=^{container}$").strip() == ""
     finally:
-        docker("volume", "rm", volume, check=False)
+        docker_output("volume", "rm", volume, check=False)
 
 
 def test_keep_data_on_destroy_keeps_the_database_and_its_rows(new_stack, drill_server):

@@ -20,17 +20,12 @@ from psycopg import sql
 
 from devsupport.local_postgres import free_port
 from infra.components.server import PASSWORD_FILE, healthcheck_test, server_command, server_envs
+from tests.helpers import docker_output
 
 pytestmark = pytest.mark.integration
 
 IMAGE = "customer-insights/postgres-cron:15"
 APP_DATABASE = "customer_insights"
-
-
-def docker(*args: str) -> str:
-    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 0, f"docker {' '.join(args)}: {proc.stderr or proc.stdout}"
-    return proc.stdout.strip()
 
 
 def test_declared_container_is_healthy_and_runs_cron_jobs_as_the_app_roles(tmp_path: Path) -> None:
@@ -44,11 +39,11 @@ def test_declared_container_is_healthy_and_runs_cron_jobs_as_the_app_roles(tmp_p
            "--health-cmd", " ".join(test[1:]), "--health-interval", "1s", "--health-retries", "60"]
     for env in server_envs("postgres"):
         run += ["-e", env]
-    docker(*run, IMAGE, *server_command(APP_DATABASE))
+    docker_output(*run, IMAGE, *server_command(APP_DATABASE))
     try:
         deadline = time.monotonic() + 90
-        while (health := docker("inspect", "-f", "{{.State.Health.Status}}", name)) != "healthy":
-            assert health in ("starting", "unhealthy") and time.monotonic() < deadline, docker("logs", name)
+        while (health := docker_output("inspect", "-f", "{{.State.Health.Status}}", name)) != "healthy":
+            assert health in ("starting", "unhealthy") and time.monotonic() < deadline, docker_output("logs", name)
             time.sleep(0.5)
         # Healthy means connectable (ServerReady waits for this login itself, without the health polling).
         admin = psycopg.conninfo.make_conninfo(host="127.0.0.1", port=port, user="postgres", password=password,
@@ -72,7 +67,7 @@ def test_declared_container_is_healthy_and_runs_cron_jobs_as_the_app_roles(tmp_p
                 if run_row or time.monotonic() > deadline:
                     break
                 time.sleep(2)
-            assert run_row == ("succeeded", "INSERT 0 1"), (run_row, docker("logs", name))
+            assert run_row == ("succeeded", "INSERT 0 1"), (run_row, docker_output("logs", name))
             assert conn.execute("SELECT count(*) FROM ticks").fetchone()[0] >= 1
     finally:
         subprocess.run(["docker", "rm", "-f", "-v", name], capture_output=True, check=False)

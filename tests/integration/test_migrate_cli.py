@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from infra.migrate import MigrationFileError, load_migrations
+from tests.helpers import write_files
 
 pytestmark = pytest.mark.integration
 
@@ -47,13 +48,6 @@ def spawn(*args: str, database_url: str) -> subprocess.Popen[str]:
     )
 
 
-def write(directory: Path, files: dict[str, str]) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (directory / name).write_text(text, encoding="utf-8")
-    return directory
-
-
 def status_rows(output: str) -> dict[str, list[str]]:
     """version -> the other cells of `status`' table."""
     rows: dict[str, list[str]] = {}
@@ -88,7 +82,7 @@ MIGRATIONS = {
 
 
 def test_status_up_status(fresh_db: str, tmp_path: Path) -> None:
-    write(tmp_path, MIGRATIONS)
+    write_files(tmp_path, MIGRATIONS)
     before = cli("status", "--dir", str(tmp_path), database_url=fresh_db)
     assert before.returncode == 0, before.stderr
     assert before.stdout.splitlines()[0].split() == ["version", "name", "status", "applied_at", "duration"]
@@ -122,7 +116,7 @@ def test_status_up_status(fresh_db: str, tmp_path: Path) -> None:
 
 
 def test_database_url_option_wins_over_the_environment(fresh_db: str, tmp_path: Path) -> None:
-    write(tmp_path, MIGRATIONS)
+    write_files(tmp_path, MIGRATIONS)
     result = cli(
         "up",
         "--dir",
@@ -136,7 +130,7 @@ def test_database_url_option_wins_over_the_environment(fresh_db: str, tmp_path: 
 
 
 def test_up_stops_at_the_first_failure_with_a_message_and_no_traceback(fresh_db: str, tmp_path: Path) -> None:
-    write(
+    write_files(
         tmp_path,
         {
             **MIGRATIONS,
@@ -164,7 +158,7 @@ def test_up_stops_at_the_first_failure_with_a_message_and_no_traceback(fresh_db:
 
 
 def test_down_reverts_the_last_applied_migration(fresh_db: str, tmp_path: Path) -> None:
-    write(tmp_path, MIGRATIONS)
+    write_files(tmp_path, MIGRATIONS)
     assert cli("up", "--dir", str(tmp_path), database_url=fresh_db).returncode == 0
     down = cli("down", "--dir", str(tmp_path), database_url=fresh_db)
     assert down.returncode == 0, down.stderr
@@ -181,7 +175,7 @@ def test_down_reverts_the_last_applied_migration(fresh_db: str, tmp_path: Path) 
 
 
 def test_down_without_a_down_script_fails_cleanly(fresh_db: str, tmp_path: Path) -> None:
-    write(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);\n"})
+    write_files(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);\n"})
     assert cli("up", "--dir", str(tmp_path), database_url=fresh_db).returncode == 0
     result = cli("down", "--dir", str(tmp_path), database_url=fresh_db)
     assert result.returncode == 1
@@ -219,13 +213,13 @@ def test_new_creates_the_next_numbered_pair(tmp_path: Path) -> None:
 
 
 def test_changed_file_status_and_repair(fresh_db: str, tmp_path: Path) -> None:
-    write(tmp_path, MIGRATIONS)
+    write_files(tmp_path, MIGRATIONS)
     assert cli("up", "--dir", str(tmp_path), database_url=fresh_db).returncode == 0
-    write(
+    write_files(
         tmp_path,
         {"001_create_organizations.sql": "-- tenants\nCREATE TABLE organizations (id int PRIMARY KEY);\n"},
     )
-    write(tmp_path, {"003_more.sql": "CREATE TABLE more (id int);\n"})
+    write_files(tmp_path, {"003_more.sql": "CREATE TABLE more (id int);\n"})
 
     status = cli("status", "--dir", str(tmp_path), database_url=fresh_db)
     assert status.returncode == 0
@@ -254,9 +248,9 @@ def test_changed_file_status_and_repair(fresh_db: str, tmp_path: Path) -> None:
 
 
 def test_out_of_order_file_status_refusal_and_allow_flag(fresh_db: str, tmp_path: Path) -> None:
-    write(tmp_path, {**MIGRATIONS, "010_create_events.sql": "CREATE TABLE events (id int);\n"})
+    write_files(tmp_path, {**MIGRATIONS, "010_create_events.sql": "CREATE TABLE events (id int);\n"})
     assert cli("up", "--dir", str(tmp_path), database_url=fresh_db).returncode == 0
-    write(tmp_path, {"003_create_teams.sql": "CREATE TABLE teams (id int);\n"})  # merged late
+    write_files(tmp_path, {"003_create_teams.sql": "CREATE TABLE teams (id int);\n"})  # merged late
 
     status = cli("status", "--dir", str(tmp_path), database_url=fresh_db)
     assert status.returncode == 0
@@ -284,7 +278,7 @@ def test_out_of_order_file_status_refusal_and_allow_flag(fresh_db: str, tmp_path
 
 
 def test_status_shows_records_without_a_file(fresh_db: str, tmp_path: Path) -> None:
-    write(tmp_path, MIGRATIONS)
+    write_files(tmp_path, MIGRATIONS)
     assert cli("up", "--dir", str(tmp_path), database_url=fresh_db).returncode == 0
     (tmp_path / "002_create_users.sql").unlink()
     (tmp_path / "002_create_users.down.sql").unlink()
@@ -295,7 +289,7 @@ def test_status_shows_records_without_a_file(fresh_db: str, tmp_path: Path) -> N
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
-    write(tmp_path, MIGRATIONS)
+    write_files(tmp_path, MIGRATIONS)
     no_database = cli("status", "--dir", str(tmp_path))
     assert no_database.returncode == 2
     assert "DATABASE_URL" in no_database.stderr
@@ -306,12 +300,12 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
 
 
 def test_migration_errors_exit_1(tmp_path: Path) -> None:
-    write(tmp_path, {"1_bad_name.sql": "SELECT 1;"})
+    write_files(tmp_path, {"1_bad_name.sql": "SELECT 1;"})
     bad_file = cli("status", "--dir", str(tmp_path), database_url="host=127.0.0.1 port=1 connect_timeout=1")
     assert bad_file.returncode == 1
     assert bad_file.stderr.startswith("error: 1_bad_name.sql: not a valid migration file name")
     assert "`python -m infra.migrations_cli new NAME` creates well-named files" in bad_file.stderr
-    write(tmp_path / "ok", {"001_a.sql": "SELECT 1;"})
+    write_files(tmp_path / "ok", {"001_a.sql": "SELECT 1;"})
     unreachable = cli(
         "status", "--dir", str(tmp_path / "ok"), database_url="host=127.0.0.1 port=1 connect_timeout=2"
     )
@@ -321,7 +315,7 @@ def test_migration_errors_exit_1(tmp_path: Path) -> None:
 
 
 def test_two_concurrent_up_processes_apply_everything_once(fresh_db: str, tmp_path: Path) -> None:
-    write(
+    write_files(
         tmp_path,
         {
             "001_runs.sql": "CREATE TABLE runs (version text PRIMARY KEY);\nSELECT pg_sleep(0.3);\n",

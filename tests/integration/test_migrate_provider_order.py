@@ -15,6 +15,7 @@ from infra.config import migration_fixes
 from infra.dynamic import migration as provider_module
 from infra.dynamic.migration import MigrationProvider
 from infra.migrate import MigrationFile, Migrator, OutOfOrderMigrationError, load_migrations
+from tests.helpers import write_files
 
 pytestmark = pytest.mark.integration
 
@@ -27,9 +28,7 @@ def _fresh_cache() -> Iterator[None]:
 
 
 def write(directory: Path, files: dict[str, str]) -> list[MigrationFile]:
-    for name, text in files.items():
-        (directory / name).write_text(text, encoding="utf-8")
-    return load_migrations(directory)
+    return load_migrations(write_files(directory, files))
 
 
 def inputs(dsn: str, m: MigrationFile, **overrides: Any) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from infra.migrate import (
     lock_key,
 )
 from infra.migration_identity import LOCK_NAME as CLI_LOCK_NAME
+from tests.helpers import write_files
 
 pytestmark = pytest.mark.integration
 
@@ -42,13 +43,6 @@ LOCK_KEY = lock_key(DEFAULT_LOCK_NAME)  # the lock of a Migrator built without a
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def write(directory: Path, files: dict[str, str]) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (directory / name).write_text(text, encoding="utf-8")
-    return directory
 
 
 def query(dsn: str, text: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -112,7 +106,7 @@ CREATE TABLE third_b (
 
 
 def test_applied_is_empty_while_the_tracking_table_does_not_exist(fresh_db: str, tmp_path: Path) -> None:
-    (m,) = load_migrations(write(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);"}))
+    (m,) = load_migrations(write_files(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);"}))
     migrator = Migrator(fresh_db)
     assert migrator.applied() == {}
     assert migrator.check(m) is None
@@ -120,7 +114,7 @@ def test_applied_is_empty_while_the_tracking_table_does_not_exist(fresh_db: str,
 
 
 def test_tracking_table_shape(fresh_db: str, tmp_path: Path) -> None:
-    (m,) = load_migrations(write(tmp_path, {"001_a.sql": "SELECT 1;"}))
+    (m,) = load_migrations(write_files(tmp_path, {"001_a.sql": "SELECT 1;"}))
     Migrator(fresh_db).apply(m)
     columns = query(
         fresh_db,
@@ -148,7 +142,7 @@ def test_tracking_table_shape(fresh_db: str, tmp_path: Path) -> None:
 
 
 def test_apply_in_order_records_each_migration(fresh_db: str, tmp_path: Path) -> None:
-    write(
+    write_files(
         tmp_path,
         {
             "001_create_organizations.sql": "CREATE TABLE organizations (id int PRIMARY KEY, name text);\n",
@@ -191,7 +185,7 @@ def test_apply_in_order_records_each_migration(fresh_db: str, tmp_path: Path) ->
 def test_apply_adopts_a_recorded_migration_without_running_it(fresh_db: str, tmp_path: Path) -> None:
     # Running it twice would fail (the table exists): adoption must run nothing. This is how a
     # `pulumi up` interrupted after the COMMIT but before Pulumi saved its state recovers.
-    (m,) = load_migrations(write(tmp_path, {"001_create_a.sql": "CREATE TABLE a (id int);\n"}))
+    (m,) = load_migrations(write_files(tmp_path, {"001_create_a.sql": "CREATE TABLE a (id int);\n"}))
     first, adopted = Migrator(fresh_db).apply(m)
     assert not adopted
     log = Log()
@@ -204,11 +198,11 @@ def test_apply_adopts_a_recorded_migration_without_running_it(fresh_db: str, tmp
 
 
 def test_apply_all_applies_pending_in_order_and_skips_applied(fresh_db: str, tmp_path: Path) -> None:
-    write(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);", "010_b.sql": "CREATE TABLE b (id int);"})
+    write_files(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);", "010_b.sql": "CREATE TABLE b (id int);"})
     migrator = Migrator(fresh_db)
     first = migrator.apply_all(load_migrations(tmp_path))
     assert [(r.version, adopted) for r, adopted in first] == [("001", False), ("010", False)]
-    write(tmp_path, {"011_c.sql": "CREATE TABLE c (id int);"})
+    write_files(tmp_path, {"011_c.sql": "CREATE TABLE c (id int);"})
     second = migrator.apply_all(load_migrations(tmp_path))
     assert [(r.version, adopted) for r, adopted in second] == [("011", False)]
     assert migrator.apply_all(load_migrations(tmp_path)) == []
@@ -217,10 +211,10 @@ def test_apply_all_applies_pending_in_order_and_skips_applied(fresh_db: str, tmp
 def test_a_file_added_below_the_highest_applied_version_is_refused_unless_allowed(
     fresh_db: str, tmp_path: Path
 ) -> None:
-    write(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);", "010_b.sql": "CREATE TABLE b (id int);"})
+    write_files(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);", "010_b.sql": "CREATE TABLE b (id int);"})
     Migrator(fresh_db).apply_all(load_migrations(tmp_path))
     # A branch merged late brings 002; another brings 011, which alone would be fine.
-    write(tmp_path, {"002_c.sql": "CREATE TABLE c (id int);", "011_d.sql": "CREATE TABLE d (id int);"})
+    write_files(tmp_path, {"002_c.sql": "CREATE TABLE c (id int);", "011_d.sql": "CREATE TABLE d (id int);"})
     _, late, _, later = load_migrations(tmp_path)
     strict = Migrator(fresh_db)
 
@@ -256,23 +250,23 @@ def test_a_file_added_below_the_highest_applied_version_is_refused_unless_allowe
 
 
 def test_order_ignores_tracking_rows_written_by_hand_with_other_versions(fresh_db: str, tmp_path: Path) -> None:
-    write(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);"})
+    write_files(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);"})
     migrator = Migrator(fresh_db)
     preview_order_check(migrator, load_migrations(tmp_path)[0])  # no tracking table yet: nothing is applied
     assert not table_exists(fresh_db, "public.schema_migrations")  # and checking created none
     migrator.apply_all(load_migrations(tmp_path))
     query(fresh_db, "INSERT INTO schema_migrations (version, name, checksum, duration_ms) "
                     "VALUES ('hotfix-7', 'by_hand', 'sha256:0', 0)")
-    write(tmp_path, {"1000_b.sql": "CREATE TABLE b (id int);"})  # above 001 by number, below it as text
+    write_files(tmp_path, {"1000_b.sql": "CREATE TABLE b (id int);"})  # above 001 by number, below it as text
     assert [r.version for r, _ in migrator.apply_all(load_migrations(tmp_path))] == ["1000"]
-    write(tmp_path, {"999_c.sql": "CREATE TABLE c (id int);"})
+    write_files(tmp_path, {"999_c.sql": "CREATE TABLE c (id int);"})
     with pytest.raises(OutOfOrderMigrationError) as exc:
         migrator.apply_all(load_migrations(tmp_path))
     assert exc.value.highest_applied == "1000"
 
 
 def test_failing_migration_is_all_or_nothing_and_says_where(fresh_db: str, tmp_path: Path) -> None:
-    migrations = load_migrations(write(tmp_path, FOUR))
+    migrations = load_migrations(write_files(tmp_path, FOUR))
     log = Log()
     migrator = Migrator(fresh_db, log=log)
     with pytest.raises(MigrationFailedError) as exc:
@@ -302,7 +296,7 @@ def test_failing_migration_is_all_or_nothing_and_says_where(fresh_db: str, tmp_p
     assert lock_is_free(fresh_db)
 
     # Fix the file: the next run continues from 3.
-    write(
+    write_files(
         tmp_path, {"003_create_third.sql": FOUR["003_create_third.sql"].replace("oops text,,", "oops text,")}
     )
     results = migrator.apply_all(load_migrations(tmp_path))
@@ -312,7 +306,7 @@ def test_failing_migration_is_all_or_nothing_and_says_where(fresh_db: str, tmp_p
 
 
 def test_error_line_for_errors_found_after_parsing(fresh_db: str, tmp_path: Path) -> None:
-    write(
+    write_files(
         tmp_path,
         {
             "001_a.sql": "CREATE TABLE a (id int);\n",
@@ -337,7 +331,7 @@ def test_error_line_for_errors_found_after_parsing(fresh_db: str, tmp_path: Path
 
 def test_notices_are_logged(fresh_db: str, tmp_path: Path) -> None:
     (m,) = load_migrations(
-        write(tmp_path, {"001_n.sql": "DO $$ BEGIN RAISE NOTICE 'hello; from %', 'do'; END $$;"})
+        write_files(tmp_path, {"001_n.sql": "DO $$ BEGIN RAISE NOTICE 'hello; from %', 'do'; END $$;"})
     )
     log = Log()
     Migrator(fresh_db, log=log).apply(m)
@@ -345,13 +339,13 @@ def test_notices_are_logged(fresh_db: str, tmp_path: Path) -> None:
 
 
 def test_checksum_mismatch(fresh_db: str, tmp_path: Path) -> None:
-    write(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);\n"})
+    write_files(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);\n"})
     (original,) = load_migrations(tmp_path)
     migrator = Migrator(fresh_db)
     migrator.apply(original)
 
-    write(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);\nCREATE TABLE sneaky (id int);\n"})
-    write(tmp_path, {"002_b.sql": "CREATE TABLE b (id int);\n"})
+    write_files(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);\nCREATE TABLE sneaky (id int);\n"})
+    write_files(tmp_path, {"002_b.sql": "CREATE TABLE b (id int);\n"})
     edited, pending = load_migrations(tmp_path)
     with pytest.raises(ChecksumMismatchError) as exc:
         migrator.check(edited)
@@ -385,11 +379,11 @@ def test_checksum_mismatch(fresh_db: str, tmp_path: Path) -> None:
 
 
 def test_repair_records_the_current_checksum_without_running_anything(fresh_db: str, tmp_path: Path) -> None:
-    write(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);\n"})
+    write_files(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);\n"})
     (original,) = load_migrations(tmp_path)
     migrator = Migrator(fresh_db)
     applied, _ = migrator.apply(original)
-    write(tmp_path, {"001_a.sql": "-- a comment added later\nCREATE TABLE a (id int);\n"})
+    write_files(tmp_path, {"001_a.sql": "-- a comment added later\nCREATE TABLE a (id int);\n"})
     (edited,) = load_migrations(tmp_path)
     log = Log()
     repaired = Migrator(fresh_db, log=log).repair(edited)
@@ -405,7 +399,7 @@ def test_repair_records_the_current_checksum_without_running_anything(fresh_db: 
     with pytest.raises(ChecksumMismatchError):
         migrator.check(original)
 
-    write(tmp_path, {"002_b.sql": "SELECT 1;"})
+    write_files(tmp_path, {"002_b.sql": "SELECT 1;"})
     with pytest.raises(MigrationsError, match="not applied"):
         migrator.repair(load_migrations(tmp_path)[1])
 
@@ -418,7 +412,7 @@ def test_a_script_that_sets_role_is_still_recorded_by_the_connecting_user(
     try:
         query(fresh_db, f'GRANT CREATE ON SCHEMA public TO "{role}"')
         files = {"001_owned.sql": f'SET ROLE "{role}";\nCREATE TABLE owned (id int);\n'}
-        (m,) = load_migrations(write(tmp_path, files))
+        (m,) = load_migrations(write_files(tmp_path, files))
         record, _ = Migrator(fresh_db).apply(m)
         assert record.applied_by == "postgres"
         assert query(fresh_db, "SELECT tableowner FROM pg_tables WHERE tablename = 'owned'") == [(role,)]
@@ -431,7 +425,7 @@ def test_a_script_that_sets_role_is_still_recorded_by_the_connecting_user(
 
 
 def test_revert_runs_the_down_script_and_forgets_the_migration(fresh_db: str, tmp_path: Path) -> None:
-    write(
+    write_files(
         tmp_path,
         {
             "001_a.sql": "CREATE TABLE a (id int);\n",
@@ -458,7 +452,7 @@ def test_revert_runs_the_down_script_and_forgets_the_migration(fresh_db: str, tm
 
 
 def test_failing_down_script_changes_nothing(fresh_db: str, tmp_path: Path) -> None:
-    write(
+    write_files(
         tmp_path,
         {
             "001_a.sql": "CREATE TABLE a (id int);\n",
@@ -480,16 +474,16 @@ def test_failing_down_script_changes_nothing(fresh_db: str, tmp_path: Path) -> N
 
 
 def test_a_renamed_or_renumbered_file_is_never_adopted(fresh_db: str, tmp_path: Path) -> None:
-    first = write(tmp_path / "first", {"001_a.sql": "CREATE TABLE a (id int);\n",
+    first = write_files(tmp_path / "first", {"001_a.sql": "CREATE TABLE a (id int);\n",
                                        "002_b.sql": "CREATE TABLE b (id int);\n"})
     migrator = Migrator(fresh_db)
     migrator.apply_all(load_migrations(first))
-    renamed = write(tmp_path / "renamed", {"001_a_renamed.sql": "CREATE TABLE a (id int);\n"})
+    renamed = write_files(tmp_path / "renamed", {"001_a_renamed.sql": "CREATE TABLE a (id int);\n"})
     with pytest.raises(RenamedMigrationError) as exc:
         migrator.apply(load_migrations(renamed)[0])
     assert "001_a_renamed.sql has version 001, which is applied as 001_a.sql" in str(exc.value)
     assert "Rename it back to 001_a.sql" in str(exc.value) and exc.value.holds_version is None
-    swapped = write(tmp_path / "swapped", {"001_b.sql": "CREATE TABLE b (id int);\n"})
+    swapped = write_files(tmp_path / "swapped", {"001_b.sql": "CREATE TABLE b (id int);\n"})
     with pytest.raises(RenamedMigrationError) as exc:
         migrator.apply(load_migrations(swapped)[0])
     assert "this file holds what was applied as version 002 (002_b.sql)" in str(exc.value)
@@ -498,13 +492,14 @@ def test_a_renamed_or_renumbered_file_is_never_adopted(fresh_db: str, tmp_path: 
 
 
 def test_rename_records_the_new_name_without_running_anything(fresh_db: str, tmp_path: Path) -> None:
-    (a,) = load_migrations(write(tmp_path / "old", {"001_a.sql": "CREATE TABLE a (id int);\n"}))
+    (a,) = load_migrations(write_files(tmp_path / "old", {"001_a.sql": "CREATE TABLE a (id int);\n"}))
     migrator = Migrator(fresh_db)
     record, _ = migrator.apply(a)
-    (renamed,) = load_migrations(write(tmp_path / "new", {"001_a_renamed.sql": "CREATE TABLE a (id int);\n"}))
+    (renamed,) = load_migrations(write_files(tmp_path / "new", {"001_a_renamed.sql": "CREATE TABLE a (id int);\n"}))
     after = migrator.rename(renamed)
     assert (after.name, after.checksum, after.applied_at) == ("a_renamed", record.checksum, record.applied_at)
-    (edited,) = load_migrations(write(tmp_path / "edited", {"001_a_renamed.sql": "CREATE TABLE a (id bigint);\n"}))
+    edited_dir = write_files(tmp_path / "edited", {"001_a_renamed.sql": "CREATE TABLE a (id bigint);\n"})
+    (edited,) = load_migrations(edited_dir)
     with pytest.raises(ChecksumMismatchError):
         migrator.rename(edited)
 
@@ -513,7 +508,7 @@ def test_rename_records_the_new_name_without_running_anything(fresh_db: str, tmp
 
 
 def test_non_transactional_migration_creates_indexes_concurrently(fresh_db: str, tmp_path: Path) -> None:
-    write(
+    write_files(
         tmp_path,
         {
             "001_t.sql": (
@@ -550,7 +545,7 @@ def test_non_transactional_migration_creates_indexes_concurrently(fresh_db: str,
 
 
 def test_concurrently_in_a_transactional_file_fails_with_the_fix(fresh_db: str, tmp_path: Path) -> None:
-    write(tmp_path, {"001_t.sql": "CREATE TABLE t (x int);\nCREATE INDEX CONCURRENTLY t_x_idx ON t (x);\n"})
+    write_files(tmp_path, {"001_t.sql": "CREATE TABLE t (x int);\nCREATE INDEX CONCURRENTLY t_x_idx ON t (x);\n"})
     (m,) = load_migrations(tmp_path)
     with pytest.raises(MigrationFailedError) as exc:
         Migrator(fresh_db).apply(m)
@@ -568,7 +563,7 @@ def test_non_transactional_failure_says_which_statements_ran(fresh_db: str, tmp_
         "SELECT * FROM missing_table;\n"
         "CREATE TABLE nt3 (id int);\n"
     )
-    (m,) = load_migrations(write(tmp_path, {"001_nt.sql": script}))
+    (m,) = load_migrations(write_files(tmp_path, {"001_nt.sql": script}))
     with pytest.raises(MigrationFailedError) as exc:
         Migrator(fresh_db).apply(m)
     err = exc.value
@@ -602,7 +597,7 @@ def concurrent_migrations(tmp_path: Path) -> list[MigrationFile]:
         )
 
     return load_migrations(
-        write(
+        write_files(
             tmp_path,
             {
                 "001_runs.sql": (
@@ -666,7 +661,7 @@ def test_concurrent_apply_all(fresh_db: str, tmp_path: Path) -> None:
 
 
 def test_lock_timeout_names_the_holder(fresh_db: str, tmp_path: Path) -> None:
-    (m,) = load_migrations(write(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);"}))
+    (m,) = load_migrations(write_files(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);"}))
     with psycopg.connect(fresh_db, autocommit=True, application_name="test-lock-holder") as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
         holder_pid = holder.info.backend_pid
@@ -700,7 +695,7 @@ def test_lock_key_is_the_documented_one(fresh_db: str, tmp_path: Path) -> None:
     assert key == -4344450105921422089
     # While a migration runs, pg_locks shows the documented classid/objid.
     (m,) = load_migrations(
-        write(
+        write_files(
             tmp_path,
             {
                 "001_see_lock.sql": (
@@ -716,7 +711,7 @@ def test_lock_key_is_the_documented_one(fresh_db: str, tmp_path: Path) -> None:
 
 
 def test_migrators_exclude_each_other_only_under_the_same_lock_name(fresh_db: str, tmp_path: Path) -> None:
-    (m,) = load_migrations(write(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);"}))
+    (m,) = load_migrations(write_files(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);"}))
     with psycopg.connect(fresh_db, autocommit=True, application_name="other-tool") as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", (lock_key("other-tool:migrations"),))
         with pytest.raises(LockTimeoutError) as exc:
@@ -760,7 +755,7 @@ def test_connection_failure_is_a_migrations_error_without_the_password(pg_server
 
 
 def test_migrator_is_picklable(fresh_db: str, tmp_path: Path) -> None:
-    (m,) = load_migrations(write(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);"}))
+    (m,) = load_migrations(write_files(tmp_path, {"001_a.sql": "CREATE TABLE a (id int);"}))
     migrator = pickle.loads(pickle.dumps(Migrator(fresh_db, lock_timeout=5, log=print)))
     assert (migrator.conninfo, migrator.lock_timeout, migrator.log) == (fresh_db, 5, print)
     record, adopted = pickle.loads(pickle.dumps(migrator.apply(pickle.loads(pickle.dumps(m)))))

@@ -20,19 +20,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.helpers import docker
+
 pytestmark = pytest.mark.integration
 
 IMAGE = os.environ.get("POSTGRES_CRON_IMAGE", "customer-insights/postgres-cron:15")
 READY_TIMEOUT = 60.0
-
-
-def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"docker {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-        )
-    return proc
 
 
 @functools.cache

@@ -23,15 +23,9 @@ from infra.migrate.errors import ChecksumMismatchError, MigrationFailedError, Ou
 from infra.migrate.runner import Migrator, check_order
 from infra.migrate.statements import Statement, transaction_control
 from infra.migrate.tracking import AppliedMigration, highest_of
+from tests.helpers import write_files
 
 pytestmark = pytest.mark.unit
-
-
-def write(directory: Path, files: dict[str, str]) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (directory / name).write_text(text, encoding="utf-8")
-    return directory
 
 
 # ---------------------------------------------------------------------------------------------- checksum
@@ -48,7 +42,7 @@ def test_checksum_is_sha256_of_utf8_bytes() -> None:
 
 
 def test_load_sorted_by_numeric_version_with_fields(tmp_path: Path) -> None:
-    write(
+    write_files(
         tmp_path,
         {
             "010_ten.sql": "SELECT 10;\n",
@@ -78,7 +72,7 @@ def test_load_sorted_by_numeric_version_with_fields(tmp_path: Path) -> None:
 
 
 def test_migration_file_is_frozen_and_picklable(tmp_path: Path) -> None:
-    (m,) = load_migrations(write(tmp_path, {"001_a.sql": "SELECT 1;"}))
+    (m,) = load_migrations(write_files(tmp_path, {"001_a.sql": "SELECT 1;"}))
     with pytest.raises(dataclasses.FrozenInstanceError):
         m.version = "002"  # type: ignore[misc]
     assert pickle.loads(pickle.dumps(m)) == m
@@ -113,7 +107,7 @@ def test_crlf_and_bom_do_not_change_the_checksum(tmp_path: Path) -> None:
     ],
 )
 def test_bad_file_names_are_rejected_with_the_fix(tmp_path: Path, filename: str) -> None:
-    write(tmp_path, {"001_ok.sql": "SELECT 1;", filename: "SELECT 1;"})
+    write_files(tmp_path, {"001_ok.sql": "SELECT 1;", filename: "SELECT 1;"})
     with pytest.raises(MigrationFileError) as exc:
         load_migrations(tmp_path)
     message = str(exc.value)
@@ -123,14 +117,14 @@ def test_bad_file_names_are_rejected_with_the_fix(tmp_path: Path, filename: str)
 
 
 def test_error_is_also_a_value_error(tmp_path: Path) -> None:
-    write(tmp_path, {"1_bad.sql": "SELECT 1;"})
+    write_files(tmp_path, {"1_bad.sql": "SELECT 1;"})
     with pytest.raises(ValueError):
         load_migrations(tmp_path)
 
 
 @pytest.mark.parametrize("other", ["001_b.sql", "0001_b.sql"])
 def test_duplicate_version(tmp_path: Path, other: str) -> None:
-    write(tmp_path, {"001_a.sql": "SELECT 1;", other: "SELECT 2;"})
+    write_files(tmp_path, {"001_a.sql": "SELECT 1;", other: "SELECT 2;"})
     with pytest.raises(MigrationFileError, match=r"duplicate version") as exc:
         load_migrations(tmp_path)
     message = str(exc.value)
@@ -139,7 +133,7 @@ def test_duplicate_version(tmp_path: Path, other: str) -> None:
 
 
 def test_orphan_down_file(tmp_path: Path) -> None:
-    write(tmp_path, {"001_a.sql": "SELECT 1;", "002_b.down.sql": "SELECT 2;"})
+    write_files(tmp_path, {"001_a.sql": "SELECT 1;", "002_b.down.sql": "SELECT 2;"})
     with pytest.raises(MigrationFileError) as exc:
         load_migrations(tmp_path)
     assert str(exc.value).startswith("002_b.down.sql:")
@@ -148,7 +142,7 @@ def test_orphan_down_file(tmp_path: Path) -> None:
 
 
 def test_down_file_with_another_name_than_its_up_file(tmp_path: Path) -> None:
-    write(tmp_path, {"001_a.sql": "SELECT 1;", "001_b.down.sql": "SELECT 2;"})
+    write_files(tmp_path, {"001_a.sql": "SELECT 1;", "001_b.down.sql": "SELECT 2;"})
     with pytest.raises(MigrationFileError) as exc:
         load_migrations(tmp_path)
     assert str(exc.value).startswith("001_b.down.sql:")
@@ -157,7 +151,7 @@ def test_down_file_with_another_name_than_its_up_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("content", ["", "\n\n  \n", "-- only a comment\n", "/* block */\n-- and line\n;\n"])
 def test_empty_up_file(tmp_path: Path, content: str) -> None:
-    write(tmp_path, {"001_a.sql": content})
+    write_files(tmp_path, {"001_a.sql": content})
     with pytest.raises(MigrationFileError) as exc:
         load_migrations(tmp_path)
     assert str(exc.value).startswith("001_a.sql:")
@@ -166,7 +160,7 @@ def test_empty_up_file(tmp_path: Path, content: str) -> None:
 
 
 def test_empty_down_file(tmp_path: Path) -> None:
-    write(tmp_path, {"001_a.sql": "SELECT 1;", "001_a.down.sql": "-- nothing\n"})
+    write_files(tmp_path, {"001_a.sql": "SELECT 1;", "001_a.down.sql": "-- nothing\n"})
     with pytest.raises(MigrationFileError) as exc:
         load_migrations(tmp_path)
     assert str(exc.value).startswith("001_a.down.sql:")
@@ -187,7 +181,7 @@ def test_empty_down_file(tmp_path: Path) -> None:
     ],
 )
 def test_transaction_control_in_a_transactional_file(tmp_path: Path, statement: str, command: str) -> None:
-    write(tmp_path, {"001_a.sql": f"-- header\nCREATE TABLE a (id int);\n\n{statement}\nSELECT 1;\n"})
+    write_files(tmp_path, {"001_a.sql": f"-- header\nCREATE TABLE a (id int);\n\n{statement}\nSELECT 1;\n"})
     with pytest.raises(MigrationFileError) as exc:
         load_migrations(tmp_path)
     message = str(exc.value)
@@ -196,7 +190,7 @@ def test_transaction_control_in_a_transactional_file(tmp_path: Path, statement: 
 
 
 def test_transaction_control_in_a_transactional_down_file(tmp_path: Path) -> None:
-    write(tmp_path, {"001_a.sql": "SELECT 1;", "001_a.down.sql": "BEGIN;\nSELECT 1;\nCOMMIT;\n"})
+    write_files(tmp_path, {"001_a.sql": "SELECT 1;", "001_a.down.sql": "BEGIN;\nSELECT 1;\nCOMMIT;\n"})
     with pytest.raises(MigrationFileError, match=r"^001_a\.down\.sql, line 1: explicit BEGIN"):
         load_migrations(tmp_path)
 
@@ -219,7 +213,7 @@ RELEASE SAVEPOINT s;
 SELECT 'BEGIN; COMMIT;';
 -- COMMIT;
 """
-    write(
+    write_files(
         tmp_path, {"001_a.sql": body, "002_b.sql": "-- migrate:no-transaction\nBEGIN;\nSELECT 1;\nCOMMIT;\n"}
     )
     ms = load_migrations(tmp_path)
@@ -245,12 +239,12 @@ SELECT 'BEGIN; COMMIT;';
 )
 def test_no_transaction_header(tmp_path: Path, text: str, transactional: bool) -> None:
     assert is_transactional(text) is transactional
-    (m,) = load_migrations(write(tmp_path, {"001_a.sql": text}))
+    (m,) = load_migrations(write_files(tmp_path, {"001_a.sql": text}))
     assert m.transactional is transactional
 
 
 def test_down_script_has_its_own_header(tmp_path: Path) -> None:
-    write(
+    write_files(
         tmp_path,
         {
             "001_a.sql": "-- migrate:no-transaction\nCREATE INDEX CONCURRENTLY i ON t (x);",
@@ -402,13 +396,13 @@ def test_next_migration_paths(tmp_path: Path) -> None:
         missing / "001_create_organizations.down.sql",
     )
     assert not missing.exists()  # creates nothing
-    write(
+    write_files(
         tmp_path,
         {"001_a.sql": "SELECT 1;", "007_b.sql": "SELECT 1;", "007_b.down.sql": "SELECT 1;", "README.md": ""},
     )
     up, down = next_migration_paths(tmp_path, "add_segments")
     assert (up.name, down.name) == ("008_add_segments.sql", "008_add_segments.down.sql")
-    write(tmp_path, {"999_c.sql": "SELECT 1;"})
+    write_files(tmp_path, {"999_c.sql": "SELECT 1;"})
     assert next_migration_paths(str(tmp_path), "d")[0].name == "1000_d.sql"
 
 
