@@ -3,10 +3,13 @@ fresh stack per test, running inline programs (Pulumi's Python SDK serves them t
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+import subprocess
 import sys
+import tarfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -76,12 +79,27 @@ class StackFactory:
         return stack
 
 
-@pytest.fixture
-def provider_plugins(pulumi_cli: auto.PulumiCommand) -> None:
+def require_provider_plugins() -> None:
     """The docker/postgresql/random plugins the bootstrap builds: missing is a failure, not a skip."""
     if missing := missing_plugins():
         pytest.fail(f"provider plugins not installed ({', '.join(missing)}): run `bash bootstrap/bootstrap.sh`",
                     pytrace=False)
+
+
+@pytest.fixture
+def provider_plugins(pulumi_cli: auto.PulumiCommand) -> None:
+    require_provider_plugins()
+
+
+def program_at(commit: str, directory: Path) -> Path:
+    """The repository as it was at `commit`, extracted into `directory` (an earlier program to upgrade from)."""
+    directory.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", commit], capture_output=True,
+                             check=False)
+    assert archive.returncode == 0, f"git archive {commit}: {archive.stderr.decode()}"
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(directory, filter="data")
+    return directory
 
 
 def docker_leftovers(stack_name: str) -> dict[str, list[str]]:

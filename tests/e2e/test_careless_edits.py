@@ -14,7 +14,6 @@ import re
 import shlex
 import subprocess
 import sys
-import tarfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,8 +26,8 @@ from psycopg import sql
 from pulumi import automation as auto
 
 from devsupport.local_postgres import free_port
-from scripts.stack import missing_plugins, program
-from tests.e2e.conftest import StackFactory, clean_up_stack, pulumi_bin_dir
+from scripts.stack import program
+from tests.e2e.conftest import StackFactory, clean_up_stack, program_at, pulumi_bin_dir, require_provider_plugins
 from tests.e2e.test_security import OLD_PROGRAM_UP
 
 pytestmark = pytest.mark.e2e
@@ -109,19 +108,10 @@ def add_drill_migrations(sql: Path) -> None:
 
 @pytest.fixture(scope="module")
 def live(pulumi_cli: auto.PulumiCommand, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    if missing := missing_plugins():
-        pytest.fail(f"provider plugins not installed ({', '.join(missing)}): run `bash bootstrap/bootstrap.sh`",
-                    pytrace=False)
+    require_provider_plugins()
     tmp = tmp_path_factory.mktemp("careless")
     (tmp / "state").mkdir()
-    old = tmp / "before"
-    old.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", BEFORE_THE_GUARD],
-                             capture_output=True, check=False)
-    assert archive.returncode == 0, f"git archive {BEFORE_THE_GUARD}: {archive.stderr.decode()}"
-    (tmp / "before.tar").write_bytes(archive.stdout)
-    with tarfile.open(tmp / "before.tar") as tar:
-        tar.extractall(old, filter="data")
+    old = program_at(BEFORE_THE_GUARD, tmp / "before")
     sql = tmp / "sql"
     sql.mkdir()
     for path in (REPO / "sql").glob("*.sql"):

@@ -31,8 +31,8 @@ from pulumi import automation as auto
 from devsupport.local_postgres import LocalPostgres, ServerAddress, free_port
 from devsupport.versions import pulumi_bin_dir
 from scripts import preview_comment
-from scripts.stack import missing_plugins, workspace_env
-from tests.e2e.conftest import PASSPHRASE, clean_up_stack
+from scripts.stack import workspace_env
+from tests.e2e.conftest import PASSPHRASE, clean_up_stack, require_provider_plugins
 from tests.e2e.test_preview_review import cron_target  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.e2e
@@ -234,9 +234,7 @@ def statements_on(entries: list[str], database: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def live(pulumi_cli: auto.PulumiCommand, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    if missing := missing_plugins():
-        pytest.fail(f"provider plugins not installed ({', '.join(missing)}): run `bash bootstrap/bootstrap.sh`",
-                    pytrace=False)
+    require_provider_plugins()
     root = tmp_path_factory.mktemp("rehearsal")
     (root / "state").mkdir()
     base = migrations_dir(root, "applied")

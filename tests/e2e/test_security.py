@@ -17,7 +17,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,8 +32,15 @@ from pulumi import automation as auto
 from devsupport.local_postgres import free_port
 from infra.components.database import SECRET_COLUMNS
 from infra.config import RolePurpose
-from scripts.stack import missing_plugins, program
-from tests.e2e.conftest import StackFactory, assert_not_in_state, clean_up_stack, pulumi_bin_dir
+from scripts.stack import program
+from tests.e2e.conftest import (
+    StackFactory,
+    assert_not_in_state,
+    clean_up_stack,
+    program_at,
+    pulumi_bin_dir,
+    require_provider_plugins,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -145,20 +151,11 @@ def holes(urls: dict[str, str]) -> dict[str, bool]:
 
 @pytest.fixture(scope="module")
 def live(pulumi_cli: auto.PulumiCommand, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    if missing := missing_plugins():
-        pytest.fail(f"provider plugins not installed ({', '.join(missing)}): run `bash bootstrap/bootstrap.sh`",
-                    pytrace=False)
+    require_provider_plugins()
     tmp = tmp_path_factory.mktemp("security")
     backend = tmp / "state"
     backend.mkdir()
-    old = tmp / "before"
-    old.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", BEFORE_THE_EXCEPTIONS],
-                             capture_output=True, check=False)
-    assert archive.returncode == 0, f"git archive {BEFORE_THE_EXCEPTIONS}: {archive.stderr.decode()}"
-    (tmp / "before.tar").write_bytes(archive.stdout)
-    with tarfile.open(tmp / "before.tar") as tar:
-        tar.extractall(old, filter="data")
+    old = program_at(BEFORE_THE_EXCEPTIONS, tmp / "before")
 
     database = f"sec_{uuid.uuid4().hex[:8]}"
     stack = StackFactory(pulumi_cli, backend)(program, {
