@@ -47,6 +47,14 @@ from infra.components.database import DatabaseAndRoles, TablePrivileges
 from infra.components.migrations import Migrations
 from infra.components.protection import DataProtection
 from infra.components.server import PostgresServer
+from infra.dynamic.adoption import AdoptedHistory, RolePassword
+from infra.dynamic.base import type_token
+from infra.dynamic.cron_job import CronJob
+from infra.dynamic.data_volume import DataVolumeCheck
+from infra.dynamic.migration import Migration
+from infra.dynamic.migration_checkpoint import MigrationCheckpoint
+from infra.dynamic.server_ready import ServerReady
+from infra.dynamic.stack_claim import StackClaim
 from infra.preflight import ServerFacts
 from infra.token_cleanup import TokenCleanupJob
 
@@ -64,7 +72,7 @@ TABLE_PRIVILEGES_COMPONENT = TablePrivileges.TYPE
 DATA_PROTECTION_COMPONENT = DataProtection.TYPE
 RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
 NETWORK = "docker:index/network:Network"
-SERVER_READY = "pulumi-python:dynamic/db:ServerReady"
+SERVER_READY = type_token(ServerReady)
 VOLUME = "docker:index/volume:Volume"
 REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
 CONTAINER = "docker:index/container:Container"
@@ -74,8 +82,13 @@ DATABASE = "postgresql:index/database:Database"
 GRANT = "postgresql:index/grant:Grant"
 DEFAULT_PRIVILEGES = "postgresql:index/defaultPrivileges:DefaultPrivileges"
 EXTENSION = "postgresql:index/extension:Extension"
-MIGRATION = "pulumi-python:dynamic/db:Migration"
-CRON_JOB = "pulumi-python:dynamic/db:CronJob"
+MIGRATION = type_token(Migration)
+MIGRATION_CHECKPOINT = type_token(MigrationCheckpoint)
+CRON_JOB = type_token(CronJob)
+STACK_CLAIM = type_token(StackClaim)
+DATA_VOLUME_CHECK = type_token(DataVolumeCheck)
+ADOPTED_HISTORY = type_token(AdoptedHistory)
+ROLE_PASSWORD = type_token(RolePassword)
 
 IMAGE_ID = "sha256:" + "ab" * 32
 CRON_JOB_ID = 42  # what the mocked CronJob reports as its pg_cron job id

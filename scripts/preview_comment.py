@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra.dynamic.base import type_token
+from infra.dynamic.migration import Migration
 from infra.migrate.rehearsal import duration_text
 from infra.rehearsal import REHEARSAL_JSON
 
-MIGRATION_TYPE = "pulumi-python:dynamic/db:Migration"
+MIGRATION_TYPE = type_token(Migration)
 # Steps of one replacement: "replace" plus its create-replacement/delete-replaced halves.
 _OP_ALIASES = {"create-replacement": "replace", "delete-replaced": "replace", "discard": "delete"}
 _QUIET_OPS = {"same", "read", "refresh"}

@@ -11,7 +11,7 @@ from typing import Any, ClassVar, TypeVar
 
 import grpc
 import pulumi
-from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
+from pulumi.dynamic import CreateResult, DiffResult, ReadResult, Resource, ResourceProvider, UpdateResult
 
 from infra.connection import PASSWORD
 from infra.migrate import MigrationsError
@@ -125,6 +125,11 @@ class DiffingProvider(ResourceProvider):
 def password_kept_secret(opts: pulumi.ResourceOptions | None) -> pulumi.ResourceOptions:
     """Options that keep the password secret in the outputs too: delete and refresh read it there."""
     return pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=[PASSWORD]))
+
+
+def type_token(resource: type[Resource]) -> str:
+    """The type a dynamic resource class registers under: `pulumi-python:dynamic/<module>:<name>`."""
+    return f"pulumi-python:{resource._resource_type_name}"
 
 
 def renamed_from_generic_type(opts: pulumi.ResourceOptions | None) -> pulumi.ResourceOptions:

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 import infra.preflight
-from devsupport.program_mocks import CRON_JOB, GRANT, MIGRATION, ROLE, FakePreflight, ProgramHarness
+from devsupport.program_mocks import ADOPTED_HISTORY as HISTORY
+from devsupport.program_mocks import CRON_JOB, GRANT, MIGRATION, ROLE, ROLE_PASSWORD, FakePreflight, ProgramHarness
 from infra.preflight import PreflightError
 
 pytestmark = pytest.mark.unit
@@ -18,8 +19,6 @@ ADOPTING = {
     "externalAdminPassword": "ext-admin-secret-0123456789", "adoptFrom": "knex",
     "adoptAccept": '["index customers_email_idx"]', "adoptScratchUrl": "postgresql://scratch-secret@scratch/postgres",
 }
-HISTORY = "pulumi-python:dynamic/db:AdoptedHistory"
-ROLE_PASSWORD = "pulumi-python:dynamic/db:RolePassword"
 
 
 @pytest.fixture

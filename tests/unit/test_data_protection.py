@@ -15,6 +15,7 @@ from devsupport.program_mocks import (
     MIGRATIONS_COMPONENT,
     RANDOM_PASSWORD,
     ROLE,
+    STACK_CLAIM,
     VOLUME,
     ProgramHarness,
 )
@@ -23,7 +24,6 @@ from tests.unit.test_program_graph import CONTAINER_CONFIG, EXTERNAL_CONFIG
 
 pytestmark = pytest.mark.unit
 NAMESPACE = "customer-insights-db"
-STACK_CLAIM = "pulumi-python:dynamic/db:StackClaim"
 DATA_HOLDERS = {VOLUME, DATABASE, MIGRATION, MIGRATIONS_COMPONENT}
 
 
