@@ -105,13 +105,15 @@ class CronJobProvider(DiffingProvider):
     def create(self, props: dict[str, Any]) -> CreateResult:
         with _connect(props) as conn:
             try:
-                row = conn.execute(
-                    "SELECT cron.schedule_in_database(%s, %s, %s, %s, %s, %s)",
-                    (props["job_name"], props["schedule"], props["command"], props["database"],
-                     props["run_as"], props["active"]),
-                ).fetchone()
-                assert row is not None
-                _grant_history(conn, props, int(row[0]))
+                # One transaction: a job whose history grant fails is not left scheduled outside the state.
+                with conn.transaction():
+                    row = conn.execute(
+                        "SELECT cron.schedule_in_database(%s, %s, %s, %s, %s, %s)",
+                        (props["job_name"], props["schedule"], props["command"], props["database"],
+                         props["run_as"], props["active"]),
+                    ).fetchone()
+                    assert row is not None
+                    _grant_history(conn, props, int(row[0]))
             except psycopg.Error as e:
                 raise _failed(props, "schedule it", e) from None
         pulumi.log.info(f"cron job {props['job_name']!r} scheduled as job {row[0]} ({props['schedule']})")
